@@ -1,0 +1,183 @@
+"""Tests for yolo_prune.checkpoint: loading YOLO models and saving pruned ones as stock Ultralytics checkpoints."""
+
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: nothing may be downloaded
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils import YAML  # noqa: E402
+
+from yolo_prune.checkpoint import load_yolo, save_checkpoint  # noqa: E402
+
+
+def count_params(module: torch.nn.Module) -> int:
+    """Return the number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def pruned_v5_ckpt(tiny_data, tmp_path_factory):
+    """Return ``(path, pruned_params, unpruned_params)`` of a yolov5nu pruned 50% by stock torch-pruning."""
+    nc = len(YAML.load(tiny_data)["names"])
+    model = DetectionModel("yolov5nu.yaml", nc=nc, verbose=False).eval()
+    unpruned = count_params(model)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        torch.randn(1, 3, 64, 64),
+        tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=[model.model[-1]],
+    )
+    pruner.step()
+    path = save_checkpoint(model, tmp_path_factory.mktemp("pruned") / "pruned.pt", yolo_prune={"ratio": 0.5})
+    return path, count_params(model), unpruned
+
+
+def test_load_yolo_accepts_yolo_checkpoint_and_yaml(pruned_v5_ckpt):
+    path, pruned, unpruned = pruned_v5_ckpt
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    from_yaml = load_yolo("yolov5nu.yaml")
+    assert isinstance(from_yaml.model, DetectionModel) and from_yaml.task == "detect"
+    assert load_yolo(from_yaml) is from_yaml  # returned as is, not copied or changed
+
+    for source in (path, str(path)):
+        yolo = load_yolo(source)
+        assert yolo.task == "detect" and count_params(yolo.model) == pruned < unpruned
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the input file is never modified
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(os.urandom(2048))
+    return path
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("this is not a checkpoint\n")
+    return path
+
+
+def _state_dict(path: Path) -> Path:
+    torch.save(DetectionModel("yolov5nu.yaml", verbose=False).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda d: d / "missing.pt", r"not found.*nothing is downloaded"),
+        (lambda d: _random_bytes(d / "random.pt"), r"not an Ultralytics YOLO checkpoint.*not a PyTorch file"),
+        (lambda d: _text_file(d / "notes.pt"), r"not an Ultralytics YOLO checkpoint"),
+        (lambda d: _state_dict(d / "state_dict.pt"), r"holds no YOLO model module \(a plain state_dict\?\)"),
+        (lambda d: "yolo_no_such_model99n.yaml", r"unknown model yaml 'yolo_no_such_model99n.yaml'"),
+        (lambda d: "yolo11n-seg.yaml", r"'segment' model; only detection models"),
+        (lambda d: d / "model.onnx", r"unsupported model .*'\.pt' checkpoint or a model yaml"),
+        (lambda d: 42, r"cannot load a model from a int"),
+    ],
+    ids=["missing", "random-bytes", "text", "state-dict", "unknown-yaml", "segment-task", "onnx", "int"],
+)
+def test_load_yolo_rejects_bad_input_with_one_line_value_error(tmp_path, make, match):
+    source = make(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ValueError, match=match) as info:
+        load_yolo(source)
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing downloaded or written next to the input
+
+
+def test_save_checkpoint_writes_fp32_ultralytics_checkpoint_atomically(pruned_v5_ckpt, tmp_path):
+    path, pruned, _ = pruned_v5_ckpt
+    yolo = load_yolo(path)
+    reference = YOLO("yolov5nu.yaml")
+    reference.save(tmp_path / "reference.pt")
+    out = save_checkpoint(yolo, tmp_path / "out" / "again.pt", yolo_prune={"ratio": 0.5, "method": "l2"})
+
+    assert out == tmp_path / "out" / "again.pt"
+    assert os.listdir(out.parent) == ["again.pt"]  # no temporary file left behind
+    ckpt = torch.load(out, map_location="cpu", weights_only=False)
+    stock_keys = set(torch.load(tmp_path / "reference.pt", map_location="cpu", weights_only=False))
+    assert stock_keys <= set(ckpt)
+    assert ckpt["ema"] is None and ckpt["optimizer"] is None and isinstance(ckpt["train_args"], dict)
+    assert ckpt["yolo_prune"] == {"ratio": 0.5, "method": "l2"}
+    floats = [v for v in ckpt["model"].state_dict().values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float32 for v in floats)
+    assert count_params(ckpt["model"]) == pruned
+
+    save_checkpoint(yolo, out)  # an existing output that is not the model's source is replaced
+    assert os.listdir(out.parent) == ["again.pt"]
+
+
+def test_save_checkpoint_refuses_to_overwrite_its_input_or_store_custom_objects(pruned_v5_ckpt, tmp_path):
+    path, _, _ = pruned_v5_ckpt
+    yolo = load_yolo(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        save_checkpoint(yolo, path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+    with pytest.raises(ValueError, match="extra value meta\\['t'\\] is a Tensor"):
+        save_checkpoint(yolo, tmp_path / "a.pt", meta={"t": torch.zeros(1)})
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(yolo, tmp_path / "b.pt", model="x")
+    yolo.model.model[0].register_forward_hook(count_params)  # pickled by reference: stock could not load it
+    with pytest.raises(ValueError, match=r"count_params, which stock Ultralytics cannot load"):
+        save_checkpoint(yolo, tmp_path / "c.pt")
+    assert os.listdir(tmp_path) == []
+
+
+STOCK_CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockYoloPrune(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "yolo_prune":
+                raise ImportError("yolo_prune must not be needed to use a pruned checkpoint")
+            return None
+
+    sys.meta_path.insert(0, BlockYoloPrune())
+    import numpy as np
+    import onnxruntime as ort
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = sys.argv[1]
+    yolo = YOLO(path)
+    params = sum(p.numel() for p in yolo.model.parameters())
+    results = yolo.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, device="cpu", verbose=False)
+    onnx_file = yolo.export(format="onnx", imgsz=64, device="cpu", simplify=False)
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), dtype=np.float32)})
+    torch_safe_load(path, safe_only=True)  # only allow-listed torch/ultralytics classes inside
+    assert "yolo_prune" not in sys.modules
+    print("RESULT " + json.dumps({"params": params, "n_results": len(results), "onnx_shape": list(output.shape)}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_saved_pruned_checkpoint_works_in_stock_ultralytics(pruned_v5_ckpt, tmp_path):
+    path, pruned, _ = pruned_v5_ckpt
+    nc = load_yolo(path).model.model[-1].nc
+    script = tmp_path / "stock_child.py"
+    script.write_text(STOCK_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["params"] == pruned
+    assert result["n_results"] == 1
+    assert result["onnx_shape"][:2] == [1, 4 + nc]

@@ -1,0 +1,208 @@
+"""Tests for yolo_prune.trainer: fine-tuning a pruned model keeps it pruned (train, resume, DDP hand-off)."""
+
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: nothing may be downloaded
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils import YAML  # noqa: E402
+from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file  # noqa: E402
+from ultralytics.utils.patches import torch_load  # noqa: E402
+
+from yolo_prune.checkpoint import save_checkpoint  # noqa: E402
+from yolo_prune.trainer import PrunedDetectionTrainer  # noqa: E402
+
+TINY = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "device": "cpu", "exist_ok": True}
+
+
+def count_params(module: torch.nn.Module) -> int:
+    """Return the number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def pruned_v5_ckpt(tiny_data, tmp_path_factory):
+    """Return ``(path, pruned_params, unpruned_params)`` of a yolov5nu pruned 50% by stock torch-pruning."""
+    nc = len(YAML.load(tiny_data)["names"])
+    model = DetectionModel("yolov5nu.yaml", nc=nc, verbose=False).eval()
+    unpruned = count_params(model)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        torch.randn(1, 3, 64, 64),
+        tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=[model.model[-1]],
+    )
+    pruner.step()
+    path = save_checkpoint(model, tmp_path_factory.mktemp("pruned") / "pruned.pt", yolo_prune={"ratio": 0.5})
+    return path, count_params(model), unpruned
+
+
+def record_sizes(sizes: dict):
+    """Return an ``on_pretrain_routine_end`` callback storing model, EMA and optimizer parameter counts in ``sizes``."""
+
+    def callback(trainer):
+        sizes["model"] = count_params(trainer.model)
+        sizes["ema"] = count_params(trainer.ema.ema)
+        sizes["optimizer"] = sum(p.numel() for group in trainer.optimizer.param_groups for p in group["params"])
+
+    return callback
+
+
+STOCK_LOAD_CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockYoloPrune(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "yolo_prune":
+                raise ImportError("yolo_prune must not be needed to load a pruned checkpoint")
+            return None
+
+    sys.meta_path.insert(0, BlockYoloPrune())
+    from ultralytics import YOLO
+
+    counts = [sum(p.numel() for p in YOLO(path).model.parameters()) for path in sys.argv[1:]]
+    assert "yolo_prune" not in sys.modules
+    print("RESULT " + json.dumps(counts))
+    """
+)
+
+
+def stock_param_counts(paths: list, tmp_path: Path) -> list:
+    """Load ``paths`` with stock Ultralytics in a fresh process that cannot import yolo_prune; return param counts."""
+    script = tmp_path / "stock_load_child.py"
+    script.write_text(STOCK_LOAD_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *map(str, paths)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+@pytest.mark.slow
+def test_stock_trainer_unprunes_but_pruned_trainer_keeps_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_path):
+    path, pruned, unpruned = pruned_v5_ckpt
+    stock = YOLO(path)
+    stock.train(data=tiny_data, project=str(tmp_path), name="stock", val=False, **TINY)
+    assert count_params(stock.model) == unpruned  # the stock trainer rebuilt the yaml: pruning silently lost
+
+    sizes = {}
+    ours = YOLO(path)
+    ours.add_callback("on_pretrain_routine_end", record_sizes(sizes))
+    ours.train(trainer=PrunedDetectionTrainer, data=tiny_data, project=str(tmp_path), name="ours", val=True, **TINY)
+    assert sizes == {"model": pruned, "ema": pruned, "optimizer": pruned}
+    assert count_params(ours.model) == pruned
+    weights = tmp_path / "ours" / "weights"
+    assert stock_param_counts([weights / "best.pt", weights / "last.pt"], tmp_path) == [pruned, pruned]
+
+
+class StopAfterFirstEpoch(Exception):
+    """Raised by a callback to interrupt a run once its first epoch is saved."""
+
+
+def interrupt_after_first_epoch(trainer):
+    """``on_fit_epoch_end`` callback: stop the run like a crash, after last.pt of epoch 1 is written."""
+    if trainer.epoch == 0:
+        raise StopAfterFirstEpoch
+
+
+def test_resume_continues_an_interrupted_pruned_run(pruned_v5_ckpt, tiny_data, tmp_path):
+    path, pruned, _ = pruned_v5_ckpt
+    first = YOLO(path)
+    first.add_callback("on_fit_epoch_end", interrupt_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        first.train(
+            trainer=PrunedDetectionTrainer,
+            data=tiny_data,
+            project=str(tmp_path),
+            name="run",
+            val=False,
+            **TINY | {"epochs": 2},
+        )
+    last = tmp_path / "run" / "weights" / "last.pt"
+    assert torch_load(last, map_location="cpu")["epoch"] == 0
+
+    sizes = {}
+    resumed = YOLO(last)
+    resumed.add_callback("on_pretrain_routine_end", record_sizes(sizes))
+    resumed.train(resume=True, trainer=PrunedDetectionTrainer)
+    assert resumed.trainer.start_epoch == 1 and resumed.trainer.epoch == 1  # only epoch 2 ran, after the resume
+    assert sizes == {"model": pruned, "ema": pruned, "optimizer": pruned}
+    assert count_params(resumed.model) == pruned
+    assert len((tmp_path / "run" / "results.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+
+
+DDP_REPORT = textwrap.dedent(
+    """
+    import json
+    print("RESULT " + json.dumps({
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__name__}",
+        "model": sum(p.numel() for p in trainer.model.parameters()),
+        "ema": sum(p.numel() for p in trainer.ema.ema.parameters()),
+        "epoch": trainer.epoch,
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_workers_receive_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_path):
+    path, pruned, _ = pruned_v5_ckpt
+    overrides = {"model": str(path), "data": tiny_data, "project": str(tmp_path), "name": "ddp", "val": False, **TINY}
+    trainer = PrunedDetectionTrainer(overrides=overrides)
+    trainer.load_model()  # what train() does before launching DDP workers
+    file = generate_ddp_file(trainer)  # the real Ultralytics DDP script and its cloudpickled state
+    try:
+        state = torch_load(Path(file).with_suffix(".pt"), map_location="cpu")
+        assert state["trainer"] is PrunedDetectionTrainer  # by reference: importable as yolo_prune.trainer
+        assert isinstance(state["model"], torch.nn.Module) and count_params(state["model"]) == pruned  # by value
+        # Run the generated worker script as one worker with world size 1 (no GPU here), then report
+        script = tmp_path / "ddp_worker.py"
+        script.write_text(Path(file).read_text() + textwrap.indent(DDP_REPORT, "    "))
+        env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE"}}
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env | {"YOLO_OFFLINE": "1"}, capture_output=True, text=True
+        )
+    finally:
+        ddp_cleanup(trainer, file)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result == {
+        "trainer": "yolo_prune.trainer.PrunedDetectionTrainer",
+        "model": pruned,
+        "ema": pruned,
+        "epoch": 0,
+    }
+    assert not Path(file).exists()
+
+
+def test_class_count_mismatch_is_a_one_line_value_error(tiny_data, tmp_path):
+    nc = len(YAML.load(tiny_data)["names"])
+    path = save_checkpoint(DetectionModel("yolov5nu.yaml", nc=nc + 2, verbose=False), tmp_path / "other_nc.pt")
+    with pytest.raises(ValueError, match=rf"has nc={nc} classes but the model has nc={nc + 2}") as info:
+        YOLO(path).train(trainer=PrunedDetectionTrainer, data=tiny_data, project=str(tmp_path), **TINY)
+    assert "\n" not in str(info.value)
+
+
+def test_refuses_to_swap_or_rebuild_the_model(pruned_v5_ckpt, tiny_data, tmp_path):
+    path, _, _ = pruned_v5_ckpt
+    other = save_checkpoint(DetectionModel("yolov5nu.yaml", verbose=False), tmp_path / "other.pt")
+    run = {"trainer": PrunedDetectionTrainer, "data": tiny_data, "project": str(tmp_path), **TINY}
+    with pytest.raises(ValueError, match=r"pretrained='.*other\.pt' would replace the pruned model"):
+        YOLO(path).train(pretrained=str(other), **run)
+    with pytest.raises(ValueError, match="pretrained=False would rebuild the unpruned network"):
+        YOLO(path).train(pretrained=False, **run)
+    with pytest.raises(ValueError, match="got none: load it from a .pt checkpoint"):
+        YOLO("yolov5nu.yaml").train(**run)

@@ -1,0 +1,160 @@
+"""`yolo-prune bench`: measure several checkpoints side by side and write a report.
+
+Examples:
+    >>> from yolo_prune.bench import run_bench
+    >>> run_dir = run_bench(["yolov8n.pt", "pruned.pt"], data="coco8.yaml", imgsz=320, runs=20)
+    >>> sorted(p.name for p in run_dir.iterdir())  # onnx/, pareto.png, report.json, report.md, results.csv, val/
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from yolo_prune.measure import measure_model, new_row
+from yolo_prune.report import format_table, write_report
+
+__all__ = ["BENCH_DEFAULTS", "parse_bench_args", "run_bench"]
+
+BENCH_DEFAULTS: dict[str, Any] = {
+    "models": None,  # required: list of checkpoints, or "a.pt,b.pt"; the first is the baseline
+    "data": None,  # dataset yaml for mAP; no mAP without it
+    "imgsz": 640,
+    "batch": 1,  # latency batch
+    "val_batch": 16,
+    "device": "cpu",
+    "backends": ("torch", "onnx"),  # or "torch,onnx"; also torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
+    "threads": None,  # CPU threads for latency; None = every usable core
+    "project": "runs/bench",
+    "name": "exp",
+    "runs": 50,
+    "warmup": 10,
+}
+
+_INT_KEYS = ("imgsz", "batch", "val_batch", "runs", "warmup", "threads")
+
+
+def _split(value: Iterable[str] | str | None) -> list[str]:
+    """Split a comma-separated string (or pass a list through) into stripped non-empty items."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip() for v in items if v.strip()]
+
+
+def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge `key=value` overrides (strings from the CLI, or typed values) with `BENCH_DEFAULTS`.
+
+    Args:
+        overrides (dict[str, Any]): Arguments given by the user.
+
+    Returns:
+        (dict[str, Any]): Keyword arguments for `run_bench`.
+
+    Raises:
+        ValueError: On an unknown key (with the closest valid one), a non-integer number or no models.
+    """
+    unknown = [k for k in overrides if k not in BENCH_DEFAULTS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, BENCH_DEFAULTS, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ValueError(f"unknown bench argument(s) {', '.join(hints)}; valid: {', '.join(BENCH_DEFAULTS)}")
+    args = {**BENCH_DEFAULTS, **overrides}
+    for k in ("data", "threads"):
+        if isinstance(args[k], str) and args[k].strip().lower() in {"", "none", "null"}:
+            args[k] = None
+    for k in _INT_KEYS:
+        if args[k] is not None:
+            try:
+                args[k] = int(args[k])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{k}={args[k]!r} must be an integer") from e
+    args["models"] = _split(args["models"])
+    args["backends"] = tuple(_split(args["backends"]))
+    args["device"] = str(args["device"])
+    if not args["models"]:
+        raise ValueError("bench needs models=a.pt,b.pt (the first one is the baseline)")
+    return args
+
+
+def _row_names(models: list[str]) -> list[str]:
+    """Return unique, file-name-safe labels: the file stem, prefixed by its folder (then an index) when shared."""
+    stems = [Path(m).stem or "model" for m in models]
+    names = [f"{Path(m).parent.name}_{s}" if stems.count(s) > 1 else s for m, s in zip(models, stems, strict=True)]
+    names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+    return ["".join(c if c.isalnum() or c in "-_." else "_" for c in n) for n in names]
+
+
+def run_bench(
+    models: list[str] | str,
+    data: str | None = None,
+    imgsz: int = 640,
+    batch: int = 1,
+    device: str = "cpu",
+    backends: Iterable[str] | str = ("torch", "onnx"),
+    project: str | Path = "runs/bench",
+    name: str = "exp",
+    runs: int = 50,
+    warmup: int = 10,
+    val_batch: int = 16,
+    threads: int | None = None,
+    command: str | None = None,
+) -> Path:
+    """Measure each model, write the report into a new run folder and log the table.
+
+    A model that fails to load, or a backend that fails, becomes an error entry in its row; the others go on. Inputs
+    are only read: ONNX exports and validation output go into the run folder.
+
+    Args:
+        models (list[str] | str): Checkpoints (or one comma-separated string); the first is the baseline.
+        data (str, optional): Dataset yaml for mAP.
+        imgsz (int): Image size for GFLOPs, latency and validation.
+        batch (int): Latency batch size.
+        device (str): Ultralytics device string; a GPU adds CUDA backends.
+        backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `yolo_prune.measure.resolve_backends`).
+        project (str | Path): Parent folder of runs.
+        name (str): Run name; incremented (`exp`, `exp-2`, ...) so no run is overwritten.
+        runs (int): Timed runs per backend.
+        warmup (int): Untimed runs per backend.
+        val_batch (int): Validation batch size.
+        threads (int, optional): CPU threads for latency; every usable core when None.
+        command (str, optional): Command line to record in the report.
+
+    Returns:
+        (Path): The run folder.
+    """
+    from ultralytics.utils import LOGGER, colorstr
+    from ultralytics.utils.files import increment_path
+
+    prefix = colorstr("bench: ")
+    models = _split(models)
+    run_dir = increment_path(Path(project) / name, mkdir=True)
+    rows = []
+    for i, (model, label) in enumerate(zip(models, _row_names(models), strict=True), 1):
+        LOGGER.info(f"{prefix}({i}/{len(models)}) {model}")
+        try:
+            row = measure_model(
+                model,
+                data=data,
+                imgsz=imgsz,
+                batch=batch,
+                device=device,
+                backends=backends,
+                runs=runs,
+                warmup=warmup,
+                out_dir=run_dir,
+                name=label,
+                val_batch=val_batch,
+                threads=threads,
+            )
+        except Exception as e:  # measure_model records its own failures; this is a last resort
+            row = new_row(label, model, errors={"bench": f"{type(e).__name__}: {e}"})
+        rows.append(row)
+    files = write_report(rows, run_dir, title="yolo-prune bench", command=command)
+    LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
+    LOGGER.info(f"{prefix}report written to {colorstr('bold', run_dir)}: {', '.join(p.name for p in files.values())}")
+    return run_dir

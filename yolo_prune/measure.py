@@ -1,0 +1,519 @@
+"""Measure what a (pruned) YOLO model costs and how accurate it is.
+
+Everything here works on stock Ultralytics checkpoints and modules of any width: parameters, GFLOPs (Ultralytics/THOP
+convention, 2 x MACs), checkpoint size, eager PyTorch latency, ONNX export through the Ultralytics exporter, ONNX
+Runtime latency and mAP from the Ultralytics validator. `measure_model` combines them into one report row (a plain
+dict, see `new_row`) where a failing stage or backend is recorded under `errors` instead of being raised.
+
+Examples:
+    >>> from yolo_prune.measure import measure_model
+    >>> row = measure_model("best.pt", data="data.yaml", imgsz=320, out_dir="runs/bench/exp")
+    >>> row["latency_ms"]  # {'torch_cpu': 12.3, 'onnx_cpu': 8.1}
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ACCEPTED_BACKENDS",
+    "BackendUnavailableError",
+    "checkpoint_size_mb",
+    "count_gflops",
+    "count_params",
+    "default_threads",
+    "export_onnx",
+    "file_size_mb",
+    "load_yolo",
+    "measure_model",
+    "measure_onnx_latency",
+    "measure_torch_latency",
+    "new_row",
+    "resolve_backends",
+    "validate",
+]
+
+ACCEPTED_BACKENDS = ("torch", "onnx", "torch_cpu", "torch_cuda", "onnx_cpu", "onnx_cuda")
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a latency backend cannot run here (package missing, no GPU provider)."""
+
+
+def _unwrap(model: Any) -> nn.Module:
+    """Return the `nn.Module` inside a YOLO object (or the module itself)."""
+    from ultralytics.engine.model import Model
+
+    if isinstance(model, Model):  # YOLO objects are nn.Modules too: unwrap them first
+        model = model.model
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(f"expected an nn.Module or an Ultralytics YOLO object, got {type(model).__name__}")
+
+
+def _save_module(model: nn.Module, path: Path) -> Path:
+    """Write `model` as an Ultralytics-loadable checkpoint (FP32, so exports match the in-memory module)."""
+    module = deepcopy(_unwrap(model)).float().cpu()
+    torch.save({"model": module, "train_args": dict(getattr(module, "args", {}) or {})}, path)
+    return path
+
+
+def load_yolo(model_or_ckpt: Any):
+    """Return an Ultralytics `YOLO` object for a checkpoint path, a YOLO object or a detection module.
+
+    A module is written to a temporary checkpoint and loaded back (so the returned object owns a copy).
+
+    Args:
+        model_or_ckpt (str | Path | YOLO | nn.Module): What to load.
+
+    Returns:
+        (ultralytics.YOLO): The loaded model (the same object when given a YOLO object).
+    """
+    from ultralytics import YOLO
+    from ultralytics.engine.model import Model
+
+    if isinstance(model_or_ckpt, Model):
+        return model_or_ckpt
+    if isinstance(model_or_ckpt, (str, Path)):
+        path = Path(model_or_ckpt)
+        if not path.is_file():  # avoid Ultralytics' download attempt for unknown names
+            raise FileNotFoundError(f"model file not found: {path}")
+        return YOLO(str(path))
+    with tempfile.TemporaryDirectory(prefix="yolo_prune_") as tmp:
+        return YOLO(str(_save_module(model_or_ckpt, Path(tmp) / "model.pt")))
+
+
+def count_params(model: nn.Module) -> int:
+    """Return the number of parameters of a model.
+
+    Args:
+        model (nn.Module | YOLO): The model.
+
+    Returns:
+        (int): Total parameter count.
+    """
+    return int(sum(p.numel() for p in _unwrap(model).parameters()))
+
+
+def count_gflops(model: nn.Module, imgsz: int = 640) -> float:
+    """Return GFLOPs at `imgsz` with `ultralytics.utils.torch_utils.get_flops` semantics (2 x MACs).
+
+    Works on a deep copy (THOP adds hooks and buffers), so the given model is never modified, and on any channel
+    widths since it profiles a real forward pass.
+
+    Args:
+        model (nn.Module | YOLO): The model, as given (not fused).
+        imgsz (int): Square input size.
+
+    Returns:
+        (float): GFLOPs for one image.
+
+    Raises:
+        RuntimeError: If the profiler fails (Ultralytics reports 0.0 in that case).
+    """
+    from ultralytics.utils.torch_utils import get_flops
+
+    module = deepcopy(_unwrap(model)).float().eval()
+    gflops = float(get_flops(module, imgsz=imgsz))
+    if not gflops > 0:
+        raise RuntimeError("FLOPs profiling failed (is ultralytics-thop installed and does the model run?)")
+    return gflops
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Return the size of a file in MB (10**6 bytes, like the Ultralytics exporter logs)."""
+    return Path(path).stat().st_size / 1e6
+
+
+def checkpoint_size_mb(model: nn.Module) -> float:
+    """Return the size in MB of `model` saved as `YOLO.save` would (FP16), without writing a file."""
+    buf = io.BytesIO()
+    torch.save({"model": deepcopy(_unwrap(model)).half()}, buf)
+    return buf.getbuffer().nbytes / 1e6
+
+
+def _input_channels(module: nn.Module) -> int:
+    """Return the number of input channels of a model."""
+    yaml = getattr(module, "yaml", None)
+    if isinstance(yaml, dict) and "channels" in yaml:
+        return int(yaml["channels"])
+    first = next((p for p in module.parameters() if p.ndim == 4), None)
+    return int(first.shape[1]) if first is not None else 3
+
+
+def default_threads() -> int:
+    """Return the CPU threads latency is measured with by default: every core this process may use.
+
+    Explicit, because the ambient value depends on import order (importing ultralytics before torch sets
+    `OMP_NUM_THREADS=1`) and Ultralytics' `select_device` resets it to `cpu_count - 1`.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _stats(times_ms: list[float], threads: int, device: str) -> dict:
+    """Summarise per-run timings."""
+    arr = np.asarray(times_ms, dtype=float)
+    return {
+        "median_ms": float(statistics.median(times_ms)),
+        "p10_ms": float(np.percentile(arr, 10)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "runs": len(times_ms),
+        "threads": int(threads),
+        "device": device,
+    }
+
+
+def measure_torch_latency(
+    model: Any,
+    imgsz: int = 640,
+    batch: int = 1,
+    device: str = "cpu",
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+) -> dict:
+    """Time eager PyTorch inference of a fused copy of the model.
+
+    Args:
+        model (nn.Module | YOLO | str | Path): Model or checkpoint.
+        imgsz (int): Square input size.
+        batch (int): Batch size.
+        device (str): Ultralytics device string (`cpu`, `0`, `cuda:0`, ...).
+        warmup (int): Untimed runs first.
+        runs (int): Timed runs.
+        threads (int, optional): CPU threads for the run (restored afterwards); `default_threads()` when None.
+
+    Returns:
+        (dict): `median_ms`, `p10_ms`, `p90_ms`, `runs`, `threads`, `device` (ms per batch).
+    """
+    from ultralytics.utils.torch_utils import select_device
+
+    threads = int(threads or default_threads())
+    previous = torch.get_num_threads()
+    dev = select_device(device, verbose=False)  # also calls torch.set_num_threads on CPU
+    src = _unwrap(load_yolo(model)) if isinstance(model, (str, Path)) else _unwrap(model)
+    module = deepcopy(src).float().eval()
+    if hasattr(module, "fuse"):
+        module = module.fuse(verbose=False)
+    module = module.to(dev)
+    x = torch.rand(batch, _input_channels(module), imgsz, imgsz, device=dev)
+    cuda = dev.type == "cuda"
+    times = []
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                module(x)
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return _stats(times, threads, str(dev))
+
+
+def export_onnx(
+    model_or_ckpt: Any, imgsz: int = 640, batch: int = 1, out_dir: str | Path | None = None, name: str | None = None
+) -> Path:
+    """Export to ONNX with the Ultralytics exporter, writing only inside `out_dir`.
+
+    The exporter writes the `.onnx` beside the `.pt` it was loaded from, so the model is first copied (or, for a
+    module, saved) into a scratch folder inside `out_dir`, and only the `.onnx` is moved out of it. The user's
+    checkpoint, and any other file in `out_dir` except `<name>.onnx`, is never touched.
+
+    Args:
+        model_or_ckpt (str | Path | YOLO | nn.Module): Checkpoint path, YOLO object or module.
+        imgsz (int): Square input size (static).
+        batch (int): Batch size (static).
+        out_dir (str | Path, optional): Output folder; a new temporary folder when None.
+        name (str, optional): File stem; defaults to the checkpoint stem or `model`.
+
+    Returns:
+        (Path): Path of the exported `.onnx` file.
+    """
+    from ultralytics import YOLO
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="yolo_prune_onnx_"))
+    out.mkdir(parents=True, exist_ok=True)
+    is_path = isinstance(model_or_ckpt, (str, Path))
+    stem = name or (Path(model_or_ckpt).stem if is_path else "model")
+    scratch = Path(tempfile.mkdtemp(prefix=".export_", dir=out))
+    try:
+        copy = scratch / f"{stem}.pt"
+        if is_path:
+            shutil.copyfile(model_or_ckpt, copy)
+        else:
+            _save_module(model_or_ckpt, copy)
+        f = YOLO(str(copy)).export(format="onnx", imgsz=imgsz, batch=batch, simplify=True, device="cpu")
+        if not f or not Path(f).is_file():
+            raise RuntimeError(f"ONNX export produced no file (exporter returned {f!r})")
+        return Path(shutil.move(f, out / f"{stem}.onnx"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure_onnx_latency(
+    onnx_path: str | Path,
+    imgsz: int = 640,
+    batch: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Time an ONNX model with ONNX Runtime.
+
+    Args:
+        onnx_path (str | Path): Exported model.
+        imgsz (int): Square input size (must match a static export).
+        batch (int): Batch size (must match a static export).
+        warmup (int): Untimed runs first.
+        runs (int): Timed runs.
+        threads (int, optional): Intra-op threads; `default_threads()` when None (the same default as torch).
+        device (str): `cpu` for CPUExecutionProvider, `cuda` (or a GPU index) for CUDAExecutionProvider.
+
+    Returns:
+        (dict): Same keys as `measure_torch_latency`.
+
+    Raises:
+        BackendUnavailableError: If onnxruntime (or its CUDA provider) is missing.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from e
+
+    cuda = str(device).lower() not in {"cpu", ""}
+    provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        raise BackendUnavailableError(f"{provider} not available in onnxruntime (for CUDA: onnxruntime-gpu)")
+    threads = int(threads or default_threads())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=[provider])
+    inp = session.get_inputs()[0]
+    channels = inp.shape[1] if isinstance(inp.shape[1], int) else 3
+    x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        session.run(None, {inp.name: x})
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return _stats(times, threads, "cuda" if cuda else "cpu")
+
+
+def validate(
+    model_or_ckpt: Any, data: str, imgsz: int = 640, batch: int = 16, device: str = "cpu", **kwargs: Any
+) -> dict:
+    """Run the Ultralytics validator and return box mAP.
+
+    Args:
+        model_or_ckpt (str | Path | YOLO | nn.Module): Model to validate.
+        data (str): Dataset yaml.
+        imgsz (int): Validation image size.
+        batch (int): Validation batch size.
+        device (str): Ultralytics device string.
+        **kwargs (Any): Extra `YOLO.val` arguments (e.g. `project`, `name`, `half`).
+
+    Returns:
+        (dict): `{"map50_95": float, "map50": float}`.
+    """
+    # the validator fuses the module it is given in place: hand it a fresh load or a copy
+    yolo = load_yolo(model_or_ckpt if isinstance(model_or_ckpt, (str, Path)) else _unwrap(model_or_ckpt))
+    args = {"plots": False, "verbose": False, **kwargs}
+    previous = torch.get_num_threads()
+    try:
+        metrics = yolo.val(data=str(data), imgsz=imgsz, batch=batch, device=device, **args)
+    finally:
+        torch.set_num_threads(previous)  # the validator's select_device changes it process-wide
+    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+
+
+def _is_gpu(device: Any) -> bool:
+    """Return True for a CUDA device request (`0`, `0,1`, `cuda`, `cuda:1`)."""
+    d = str(device).strip().lower()
+    return d not in {"", "cpu", "mps", "none"} and not d.startswith("mps")
+
+
+def resolve_backends(backends: Iterable[str] | str, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+    """Turn requested backends into row labels.
+
+    `torch` means PyTorch on `device` (`torch_cpu` or `torch_cuda`); `onnx` means `onnx_cpu`, plus `onnx_cuda` when
+    `device` is a GPU. Explicit labels are accepted as well.
+
+    Args:
+        backends (Iterable[str] | str): Names, or one comma-separated string.
+        device (str): Ultralytics device string.
+
+    Returns:
+        (tuple[list[str], dict[str, str]]): Ordered unique labels, and errors for unknown names.
+    """
+    if isinstance(backends, str):
+        backends = [b for b in backends.split(",")]
+    gpu = _is_gpu(device)
+    labels, errors = [], {}
+    for raw in backends:
+        b = str(raw).strip().lower()
+        if not b:
+            continue
+        if b == "torch":
+            new = ["torch_cuda" if gpu else "torch_cpu"]
+        elif b == "onnx":
+            new = ["onnx_cpu", "onnx_cuda"] if gpu else ["onnx_cpu"]
+        elif b in ACCEPTED_BACKENDS:
+            new = [b]
+        else:
+            errors[b] = f"unknown backend '{b}', accepted: {', '.join(ACCEPTED_BACKENDS)}"
+            new = []
+        labels += [x for x in new if x not in labels]
+    return labels, errors
+
+
+def _error(e: BaseException) -> str:
+    """Format an exception for a report row."""
+    return f"{type(e).__name__}: {e}".strip()
+
+
+def new_row(name: str, path: str | None = None, **extra: Any) -> dict:
+    """Return an empty report row: the shared format of `prune` and `bench` reports.
+
+    Args:
+        name (str): Row label (e.g. `baseline`, `step1`, `final`, or a file stem).
+        path (str, optional): Checkpoint path.
+        **extra (Any): Additional keys (e.g. `imgsz`, `stage`).
+
+    Returns:
+        (dict): Keys `name`, `path`, `params`, `gflops`, `size_mb`, `map50_95`, `map50`, `latency_ms`
+            ({backend: median ms}), `latency_detail` ({backend: stats dict}), `errors` ({backend_or_stage: message}).
+    """
+    row = {
+        "name": name,
+        "path": path,
+        "params": None,
+        "gflops": None,
+        "size_mb": None,
+        "map50_95": None,
+        "map50": None,
+        "latency_ms": {},
+        "latency_detail": {},
+        "errors": {},
+    }
+    row.update(extra)
+    return row
+
+
+def measure_model(
+    ckpt_path: Any,
+    data: str | None = None,
+    imgsz: int = 640,
+    batch: int = 1,
+    device: str = "cpu",
+    backends: Iterable[str] | str = ("torch", "onnx"),
+    runs: int = 50,
+    warmup: int = 10,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    val_batch: int = 16,
+    threads: int | None = None,
+) -> dict:
+    """Measure one model into a report row; failures are recorded in `row["errors"]`, never raised.
+
+    Args:
+        ckpt_path (str | Path | YOLO | nn.Module): Checkpoint (or an in-memory model).
+        data (str, optional): Dataset yaml for mAP; mAP stays None without it.
+        imgsz (int): Image size for GFLOPs, latency and validation.
+        batch (int): Latency batch size.
+        device (str): Ultralytics device string; a GPU adds CUDA backends.
+        backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `resolve_backends`).
+        runs (int): Timed runs per backend.
+        warmup (int): Untimed runs per backend.
+        out_dir (str | Path, optional): Where the ONNX export and validation output go (temporary when None).
+        name (str, optional): Row label; defaults to the file stem.
+        val_batch (int): Validation batch size.
+        threads (int, optional): CPU threads for both latency backends; `default_threads()` when None.
+
+    Returns:
+        (dict): A row as described in `new_row`, plus `imgsz`, `batch`, `device` and `onnx_path` when exported.
+    """
+    is_path = isinstance(ckpt_path, (str, Path))
+    name = name or (Path(ckpt_path).stem if is_path else "model")
+    row = new_row(name, str(ckpt_path) if is_path else None, imgsz=imgsz, batch=batch, device=str(device))
+    try:
+        yolo = load_yolo(ckpt_path)
+        module = _unwrap(yolo)
+    except Exception as e:
+        row["errors"]["load"] = _error(e)
+        return row
+    row["params"] = count_params(module)
+    try:
+        row["gflops"] = count_gflops(module, imgsz)
+    except Exception as e:
+        row["errors"]["gflops"] = _error(e)
+    row["size_mb"] = file_size_mb(ckpt_path) if is_path else checkpoint_size_mb(module)
+
+    with tempfile.TemporaryDirectory(prefix="yolo_prune_measure_") as tmp:
+        work = Path(out_dir) if out_dir is not None else Path(tmp)
+        if data:
+            try:
+                val_dir = work / "val"
+                row.update(
+                    validate(
+                        ckpt_path if is_path else module,
+                        data,
+                        imgsz=imgsz,
+                        batch=val_batch,
+                        device=device,
+                        project=str(val_dir),
+                        name=name,
+                        exist_ok=True,
+                    )
+                )
+            except Exception as e:
+                row["errors"]["val"] = _error(e)
+
+        labels, errors = resolve_backends(backends, device)
+        row["errors"].update(errors)
+        onnx_path, export_error = None, None
+        for label in labels:
+            try:
+                if label.startswith("torch"):
+                    dev = "cpu" if label == "torch_cpu" else (device if _is_gpu(device) else "0")
+                    stats = measure_torch_latency(module, imgsz, batch, dev, warmup, runs, threads)
+                else:
+                    if onnx_path is None and export_error is None:
+                        try:
+                            onnx_path = export_onnx(ckpt_path if is_path else module, imgsz, batch, work / "onnx", name)
+                            row["onnx_path"] = str(onnx_path) if out_dir is not None else None
+                        except Exception as e:
+                            export_error = _error(e)
+                    if export_error:
+                        raise RuntimeError(f"ONNX export failed: {export_error}")
+                    ort_dev = "cuda" if label == "onnx_cuda" else "cpu"
+                    stats = measure_onnx_latency(onnx_path, imgsz, batch, warmup, runs, threads, ort_dev)
+                row["latency_ms"][label] = stats["median_ms"]
+                row["latency_detail"][label] = stats
+            except Exception as e:
+                row["errors"][label] = _error(e)
+    return row

@@ -1,0 +1,365 @@
+"""Model rules: how each Ultralytics block is traced, what must not be pruned, and what to repair afterwards.
+
+torch-pruning's dependency graph follows autograd. Several Ultralytics blocks trip it up: a ``chunk``/``split`` of
+one conv whose halves feed both a concat and the next block (C2f, C3k2, ELAN) raises ``IndexError``, and the
+``view``/``split`` inside attention never finishes building index maps. So, while the graph is traced, each such
+block gets a *tracing forward* that has the same channel coupling as its real forward but only uses ops the graph
+understands. After pruning the block is put back, made only of stock classes, with its width attributes repaired.
+
+Decisions written down:
+
+* C2f-like blocks (C2f, C3k2, C2fCIB, C2fPSA, RepNCSPELAN4, ELAN1, C2PSA, PSA) chunk ``cv1`` into two equal halves.
+  For tracing, ``cv1`` is sliced into two temporary convs; the two halves are pruned by the same count (they are
+  *twins*), then concatenated back into the stock ``cv1`` and ``c`` is updated.
+* Attention (``Attention`` in PSA/C2PSA/C3k2(attn), ``AAttn`` in A2C2f) is left intact on purpose: its width is tied
+  to ``num_heads * head_dim`` through ``view`` calls, and a pruned head rarely pays off at the n/s scales where these
+  blocks are narrow. Its output projection is marked frozen, so every channel coupled with the attention width (the
+  residual stream around it) keeps its size. The feed-forward hidden layers next to it (``ffn``, ``mlp``) and the
+  rest of the network are still pruned.
+* The detection head's hidden convs are pruned; the last 1x1 conv of every branch (box, class, and the one-to-one
+  branches of YOLOv10/YOLO26) is frozen, and DFL is never traced.
+* ADown chunks its input into two equal halves; the channels feeding it keep their width.
+* Grouped convs that are not depthwise are frozen (none appear in the stock detection yamls).
+
+A new block means one new entry in ``BLOCK_RULES``.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from ultralytics.nn.modules import (
+    C1,
+    C2,
+    C2PSA,
+    C3,
+    C3TR,
+    CIB,
+    DFL,
+    ELAN1,
+    PSA,
+    SPP,
+    SPPELAN,
+    SPPF,
+    A2C2f,
+    AConv,
+    ADown,
+    Attention,
+    Bottleneck,
+    C2f,
+    C2fCIB,
+    C2fPSA,
+    C3Ghost,
+    C3k2,
+    C3x,
+    Concat,
+    Conv,
+    ConvTranspose,
+    Detect,
+    DWConv,
+    GhostBottleneck,
+    GhostConv,
+    RepC3,
+    RepConv,
+    RepNCSPELAN4,
+    RepVGGDW,
+    SCDown,
+    v10Detect,
+)
+from ultralytics.nn.modules.block import AAttn, ABlock, C3k, PSABlock
+
+__all__ = ["BLOCK_RULES", "SUPPORTED_LAYERS", "TracingPlan", "check_supported", "prepare_for_tracing"]
+
+
+@dataclass
+class TracingPlan:
+    """What the rules decided for one model, and how to undo their temporary changes.
+
+    Attributes:
+        frozen_out: Modules whose output channels must keep their number; any group that contains them is skipped.
+        frozen_in: Modules whose input channels must keep their number.
+        twins: Pairs of temporary convs whose output widths must stay equal (the halves of one ``chunk``).
+        unwrapped: Free ``nn.Parameter`` objects with the dimension that follows the channels.
+    """
+
+    frozen_out: set[nn.Module] = field(default_factory=set)
+    frozen_in: set[nn.Module] = field(default_factory=set)
+    twins: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
+    unwrapped: list[tuple[nn.Parameter, int]] = field(default_factory=list)
+    _restore: list[Callable[[], None]] = field(default_factory=list)
+
+    def patch_forward(self, module: nn.Module, forward: Callable) -> None:
+        """Give ``module`` a tracing forward until :meth:`restore` runs."""
+        module.forward = types.MethodType(forward, module)
+        self._restore.append(lambda: module.__dict__.pop("forward", None))
+
+    def on_restore(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the model is put back after pruning."""
+        self._restore.append(fn)
+
+    def restore(self) -> None:
+        """Undo every temporary change, last first, and repair width attributes."""
+        while self._restore:
+            self._restore.pop()()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conv surgery for chunked blocks
+
+
+def _slice_conv(conv: Conv, start: int, stop: int) -> Conv:
+    """Return a copy of a stock ``Conv`` that keeps output channels ``start:stop``."""
+    part = Conv.__new__(Conv)
+    nn.Module.__init__(part)
+    part.act = conv.act
+    part.conv = nn.Conv2d(
+        conv.conv.in_channels,
+        stop - start,
+        conv.conv.kernel_size,
+        conv.conv.stride,
+        conv.conv.padding,
+        conv.conv.dilation,
+        conv.conv.groups,
+        bias=conv.conv.bias is not None,
+    ).to(conv.conv.weight)
+    with torch.no_grad():
+        part.conv.weight.copy_(conv.conv.weight[start:stop])
+        if conv.conv.bias is not None:
+            part.conv.bias.copy_(conv.conv.bias[start:stop])
+    bn = getattr(conv, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d):
+        part.bn = nn.BatchNorm2d(stop - start, bn.eps, bn.momentum, bn.affine, bn.track_running_stats).to(
+            conv.conv.weight
+        )
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(part.bn, name).copy_(getattr(bn, name)[start:stop])
+            part.bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+    elif bn is not None:
+        part.bn = bn
+    part.train(conv.training)
+    return part
+
+
+def _concat_convs(first: Conv, second: Conv) -> Conv:
+    """Join two convs with the same input into one stock ``Conv`` whose outputs are ``first`` then ``second``."""
+    with torch.no_grad():
+        first.conv.weight = nn.Parameter(torch.cat([first.conv.weight, second.conv.weight]))
+        if first.conv.bias is not None:
+            first.conv.bias = nn.Parameter(torch.cat([first.conv.bias, second.conv.bias]))
+        first.conv.out_channels = first.conv.weight.shape[0]
+        if isinstance(getattr(first, "bn", None), nn.BatchNorm2d):
+            bn, other = first.bn, second.bn
+            bn.weight = nn.Parameter(torch.cat([bn.weight, other.weight]))
+            bn.bias = nn.Parameter(torch.cat([bn.bias, other.bias]))
+            bn.running_mean = torch.cat([bn.running_mean, other.running_mean])
+            bn.running_var = torch.cat([bn.running_var, other.running_var])
+            bn.num_features = bn.weight.shape[0]
+    return first
+
+
+def _split_cv1(block: nn.Module, plan: TracingPlan) -> None:
+    """Slice ``block.cv1`` into twin halves ``_cv1a``/``_cv1b`` for tracing; join them back on restore."""
+    half = block.cv1.conv.out_channels // 2
+    block._cv1a = _slice_conv(block.cv1, 0, half)
+    block._cv1b = _slice_conv(block.cv1, half, 2 * half)
+    plan.twins.append((block._cv1a.conv, block._cv1b.conv))
+
+    def join() -> None:
+        cv1 = _concat_convs(block._cv1a, block._cv1b)
+        del block._cv1a, block._cv1b
+        block.cv1 = cv1
+        block.c = cv1.conv.out_channels // 2
+
+    plan.on_restore(join)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tracing forwards: same channel coupling as the real forward, only graph-friendly ops.
+
+
+def _c2f_trace(self, x):
+    y = [self._cv1a(x), self._cv1b(x)]
+    y.extend(m(y[-1]) for m in self.m)
+    return self.cv2(torch.cat(y, 1))
+
+
+def _elan_trace(self, x):
+    y = [self._cv1a(x), self._cv1b(x)]
+    y.extend(m(y[-1]) for m in (self.cv2, self.cv3))
+    return self.cv4(torch.cat(y, 1))
+
+
+def _c2psa_trace(self, x):
+    return self.cv2(torch.cat((self._cv1a(x), self.m(self._cv1b(x))), 1))
+
+
+def _psa_trace(self, x):
+    a, b = self._cv1a(x), self._cv1b(x)
+    b = b + self.attn(b)
+    b = b + self.ffn(b)
+    return self.cv2(torch.cat((a, b), 1))
+
+
+def _attention_trace(self, x):
+    return self.proj(x)
+
+
+def _adown_trace(self, x):
+    x = nn.functional.avg_pool2d(x, 2, 1, 0, False, True)
+    half = self.cv1.conv.in_channels
+    x1 = self.cv1(x[:, :half])
+    x2 = self.cv2(nn.functional.max_pool2d(x[:, half:], 3, 2, 1))
+    return torch.cat((x1, x2), 1)
+
+
+def _detect_trace(self, x):
+    heads = [(self.cv2, self.cv3)]
+    if getattr(self, "one2one_cv2", None) is not None:
+        heads.append((self.one2one_cv2, self.one2one_cv3))
+    return [torch.cat((box[i](x[i]), cls[i](x[i])), 1) for box, cls in heads for i in range(self.nl)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rules
+
+
+def _rule_split(trace: Callable) -> Callable[[nn.Module, TracingPlan], None]:
+    def rule(block: nn.Module, plan: TracingPlan) -> None:
+        _split_cv1(block, plan)
+        plan.patch_forward(block, trace)
+
+    return rule
+
+
+def _rule_attention(block: nn.Module, plan: TracingPlan) -> None:
+    plan.patch_forward(block, _attention_trace)
+    plan.frozen_out.add(block.proj.conv)
+
+
+def _rule_adown(block: ADown, plan: TracingPlan) -> None:
+    # ADown chunks its *input* into equal halves; keep that input width as it is.
+    plan.patch_forward(block, _adown_trace)
+    plan.frozen_in.update((block.cv1.conv, block.cv2.conv))
+
+
+def _rule_detect(head: Detect, plan: TracingPlan) -> None:
+    plan.patch_forward(head, _detect_trace)
+    for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        branches = getattr(head, name, None)
+        if branches is not None:
+            plan.frozen_out.update(branch[-1] for branch in branches)
+
+
+def _rule_repvggdw(block: RepVGGDW, plan: TracingPlan) -> None:
+    plan.on_restore(lambda: setattr(block, "dim", block.conv.conv.out_channels))
+
+
+def _rule_a2c2f(block: A2C2f, plan: TracingPlan) -> None:
+    if block.gamma is not None:
+        plan.unwrapped.append((block.gamma, 0))
+
+
+BLOCK_RULES: dict[type, Callable[[nn.Module, TracingPlan], None]] = {
+    C2f: _rule_split(_c2f_trace),
+    C3k2: _rule_split(_c2f_trace),
+    C2fCIB: _rule_split(_c2f_trace),
+    C2fPSA: _rule_split(_c2f_trace),
+    RepNCSPELAN4: _rule_split(_elan_trace),
+    ELAN1: _rule_split(_elan_trace),
+    C2PSA: _rule_split(_c2psa_trace),
+    PSA: _rule_split(_psa_trace),
+    ADown: _rule_adown,
+    Attention: _rule_attention,
+    AAttn: _rule_attention,
+    Detect: _rule_detect,
+    v10Detect: _rule_detect,
+    RepVGGDW: _rule_repvggdw,
+    A2C2f: _rule_a2c2f,
+}
+
+# Top-level layers a detection model may be built from. Anything else is refused with a clear error rather than
+# pruned on a guess.
+SUPPORTED_LAYERS: tuple[type, ...] = (
+    Conv,
+    DWConv,
+    GhostConv,
+    ConvTranspose,
+    RepConv,
+    nn.Conv2d,
+    nn.ConvTranspose2d,
+    nn.MaxPool2d,
+    nn.ZeroPad2d,
+    nn.Upsample,
+    nn.Sequential,
+    nn.Identity,
+    Concat,
+    Bottleneck,
+    GhostBottleneck,
+    C1,
+    C2,
+    C3,
+    C3x,
+    C3TR,
+    C3Ghost,
+    RepC3,
+    C3k,
+    CIB,
+    SPP,
+    SPPF,
+    SPPELAN,
+    AConv,
+    ADown,
+    SCDown,
+    ABlock,
+    PSABlock,
+    *BLOCK_RULES,
+)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model`` holds a top-level layer the rules do not know.
+
+    Args:
+        model: An Ultralytics ``DetectionModel``.
+    """
+    head = model.model[-1]
+    if type(head) not in (Detect, v10Detect):
+        raise ValueError(
+            f"cannot prune a model whose head is {type(head).__name__}: only detection heads (Detect, v10Detect) are "
+            "supported (YOLOv3u, v5u, v6, v8, v9, v10, 11, 12, 26 detect models)"
+        )
+    unknown = sorted({type(m).__name__ for m in model.model if type(m) not in SUPPORTED_LAYERS})
+    if unknown:
+        raise ValueError(
+            f"cannot prune layers of type {', '.join(unknown)}: yolo-prune knows the blocks of the stock Ultralytics "
+            "detection families (YOLOv3u, v5u, v6, v8, v9, v10, 11, 12, 26)"
+        )
+
+
+def prepare_for_tracing(model: nn.Module) -> TracingPlan:
+    """Apply every block rule to ``model`` and return the plan (call ``plan.restore()`` after pruning).
+
+    Args:
+        model: The ``DetectionModel`` to prune; changed in place until ``restore()``.
+
+    Returns:
+        The plan with frozen modules, twin convs and the undo steps.
+    """
+    plan = TracingPlan()
+    for module in list(model.modules()):
+        rule = BLOCK_RULES.get(type(module))
+        if rule is not None:
+            rule(module, plan)
+        elif isinstance(module, DFL):
+            plan.frozen_out.add(module.conv)
+        elif isinstance(module, nn.Conv2d) and 1 < module.groups and not (
+            module.groups == module.in_channels == module.out_channels
+        ):
+            plan.frozen_out.add(module)
+            plan.frozen_in.add(module)
+    return plan

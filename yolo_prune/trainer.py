@@ -1,0 +1,148 @@
+"""A detection trainer that fine-tunes a pruned model as it is, instead of rebuilding it from its yaml.
+
+The stock ``DetectionTrainer.get_model`` builds a fresh ``DetectionModel`` from ``model.yaml`` (which always describes
+the unpruned network) and copies over only the tensors whose shapes match, so a pruned checkpoint silently turns back
+into a full-size model. ``PrunedDetectionTrainer`` returns the module it is given, so the model, its EMA, the
+optimizer and the saved ``best.pt``/``last.pt`` all keep the pruned shapes.
+
+Notes:
+    ``best.pt`` and ``last.pt`` are finalised by Ultralytics' ``strip_optimizer``, which stores the EMA in FP16. That
+    stock behaviour is kept: the files stay pruned and load in stock Ultralytics (as FP32). Use
+    ``yolo_prune.checkpoint.save_checkpoint`` when an FP32 file is wanted.
+
+Examples:
+    >>> from ultralytics import YOLO
+    >>> from yolo_prune.trainer import PrunedDetectionTrainer
+    >>> YOLO("pruned.pt").train(trainer=PrunedDetectionTrainer, data="data.yaml", epochs=10)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
+from ultralytics.utils import LOGGER, RANK, colorstr
+
+__all__ = ["PrunedDetectionTrainer"]
+
+PREFIX = colorstr("yolo-prune: ")
+NO_MODEL = (
+    "PrunedDetectionTrainer trains an existing (pruned) model but got none: load it from a .pt checkpoint "
+    "(YOLO('pruned.pt').train(trainer=PrunedDetectionTrainer, ...)) or set trainer.model to the module; "
+    "a yaml model or pretrained=False would rebuild the unpruned network"
+)
+
+
+class PrunedDetectionTrainer(DetectionTrainer):
+    """Detection trainer that trains the given (pruned) ``DetectionModel`` as is: no rebuild from yaml.
+
+    The model can come from ``YOLO("pruned.pt").train(trainer=PrunedDetectionTrainer, ...)``, from
+    ``model="pruned.pt"`` in the trainer overrides (also on ``resume=True``), or from setting ``trainer.model`` to a
+    module before ``trainer.train()``. A model built from a yaml, ``pretrained=False`` and ``pretrained=<other file>``
+    are refused with a ``ValueError`` rather than silently replacing the pruned model. Under DDP the module is loaded
+    once in the launching process and sent to the workers by value.
+
+    Examples:
+        >>> trainer = PrunedDetectionTrainer(overrides={"model": "pruned.pt", "data": "data.yaml", "epochs": 1})
+        >>> trainer.train()
+    """
+
+    def get_model(
+        self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True
+    ) -> DetectionModel:
+        """Return ``weights``, the loaded (pruned) module, prepared for training instead of a model built from ``cfg``.
+
+        Args:
+            cfg (str | dict, optional): Model yaml; ignored, it describes the unpruned network.
+            weights (torch.nn.Module, optional): The loaded model to train.
+            verbose (bool): Whether to log the model size.
+
+        Returns:
+            (DetectionModel): ``weights`` itself, with gradients enabled and class names set.
+
+        Raises:
+            ValueError: If no module is given (model built from a yaml, ``pretrained=False``), ``pretrained`` points
+                to another file, the model is not a detector, or its class count differs from the dataset's.
+        """
+        if not isinstance(weights, torch.nn.Module):
+            raise ValueError(NO_MODEL)
+        return self.prepare_model(weights, verbose=verbose)
+
+    def setup_model(self) -> dict | None:
+        """Prepare a module set on ``trainer.model``, or load the ``.pt`` named by ``args.model`` through ``get_model``.
+
+        Returns:
+            (dict | None): The checkpoint to resume from, or None.
+        """
+        if isinstance(self.model, torch.nn.Module):
+            self.model = self.prepare_model(self.model, verbose=False)
+            return None
+        return super().setup_model()
+
+    def train(self) -> None:
+        """Train; under DDP, first load the pruned module here so that it travels to the workers by value."""
+        if self.ddp and not self.resume:  # a resumed run reloads last.pt in each worker, with its optimizer state
+            self.load_model()
+        return super().train()
+
+    def load_model(self) -> DetectionModel:
+        """Load the model named by ``args.model`` (unless already loaded), prepare it and store it on ``self.model``.
+
+        Returns:
+            (DetectionModel): The prepared pruned model, also stored as ``self.model``.
+        """
+        if not isinstance(self.model, torch.nn.Module):
+            if not str(self.model).lower().endswith(".pt"):
+                raise ValueError(NO_MODEL)  # a yaml would rebuild the unpruned network
+            self.model, _ = load_checkpoint(self.model)
+        self.model = self.prepare_model(self.model, verbose=False)
+        return self.model
+
+    def prepare_model(self, model: torch.nn.Module, verbose: bool = False) -> DetectionModel:
+        """Check that ``model`` fits this run and make it trainable without changing its architecture.
+
+        Args:
+            model (torch.nn.Module): The (pruned) detection model.
+            verbose (bool): Whether to log the model size.
+
+        Returns:
+            (DetectionModel): ``model`` itself, in FP32, with gradients enabled, no cached loss and dataset names.
+
+        Raises:
+            ValueError: If ``pretrained`` points to another file, the model is not a detector, or its class count
+                differs from the dataset's.
+        """
+        self._check_pretrained()
+        task = getattr(model, "task", None) or guess_model_task(model)
+        if not isinstance(model, DetectionModel) or task != "detect":
+            raise ValueError(f"PrunedDetectionTrainer trains detection models only, got a '{task}' model")
+        nc = getattr(model.model[-1], "nc", None)
+        if nc != self.data["nc"]:
+            raise ValueError(
+                f"dataset '{self.args.data}' has nc={self.data['nc']} classes but the model has nc={nc}: "
+                "a pruned model keeps its head, so train it on data with the same classes"
+            )
+        model.float()  # a checkpoint may hold FP16 weights; AMP keeps FP32 master weights
+        for p in model.parameters():
+            if p.dtype.is_floating_point:
+                p.requires_grad_(True)  # strip_optimizer saves requires_grad=False; freezing is re-applied later
+        model.criterion = None  # rebuilt from the current hyperparameters on first use
+        if verbose and RANK in {-1, 0}:
+            n = sum(p.numel() for p in model.parameters())
+            LOGGER.info(f"{PREFIX}training the given model as is ({n:,} parameters), not rebuilding it from yaml")
+        return self.set_model_names_for_load(model)
+
+    def _check_pretrained(self) -> None:
+        """Refuse ``pretrained=<path>`` naming a file other than the model: it would replace the pruned model."""
+        pretrained, model = self.args.pretrained, self.args.model
+        if self.resume or not isinstance(pretrained, (str, Path)) or str(pretrained) in {"True", "False"}:
+            return
+        if isinstance(model, (str, Path)) and Path(model).is_file() and Path(pretrained).is_file():
+            if Path(model).resolve() == Path(pretrained).resolve():
+                return
+        raise ValueError(
+            f"pretrained='{pretrained}' would replace the pruned model '{model}'; PrunedDetectionTrainer trains the "
+            "model it is given: load the checkpoint you want as the model instead"
+        )

@@ -1,0 +1,364 @@
+"""Built-in synthetic detection dataset ("shapes") in Ultralytics YOLO format.
+
+The generator draws coloured geometric shapes (six classes) on textured, cluttered backgrounds, with partial
+occlusion, blur and sensor noise. It is deterministic: the same parameters give byte-identical files. Built-in names
+such as ``"shapes.yaml"`` are generated on first use into a cache folder by `resolve_data`, so every command that takes
+``data=`` works offline without a download.
+
+Examples:
+    >>> from yolo_prune.data import make_shapes_dataset, resolve_data
+    >>> yaml_path = make_shapes_dataset("my-shapes", n_train=64, n_val=16, imgsz=160, seed=1)
+    >>> resolve_data("shapes-tiny.yaml")  # generated once into the cache, then reused
+    '.../yolo-prune-shapes/shapes-tiny-g1-<hash>/data.yaml'
+    >>> resolve_data("coco8.yaml")  # any other name is returned unchanged
+    'coco8.yaml'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "CACHE_ENV",
+    "CLASS_NAMES",
+    "GENERATOR_VERSION",
+    "dataset_cache_dir",
+    "ensure_offline_font",
+    "make_shapes_dataset",
+    "resolve_data",
+]
+
+GENERATOR_VERSION = 1  # bump whenever the pixels or labels produced for given parameters change
+CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
+
+# Single source of truth for the built-in datasets: name -> make_shapes_dataset() keyword arguments.
+# datasets/*.yaml in the repository only describe these entries (a test keeps them in sync).
+BUILTIN_DATASETS: dict[str, dict[str, int]] = {
+    "shapes.yaml": {"n_train": 800, "n_val": 200, "imgsz": 320, "seed": 0},
+    "shapes-tiny.yaml": {"n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},
+}
+
+CACHE_ENV = "YOLO_PRUNE_DATASETS"
+DATA_YAML = "data.yaml"
+INFO_FILE = "generator.json"
+JPEG_QUALITY = 90
+MIN_VISIBLE = 0.6  # every labelled object keeps at least this fraction of its pixels visible (occlusion, borders)
+SIZE_RANGE = (0.06, 0.45)  # object diameter as a fraction of the image side (log-uniform)
+MAX_OBJECTS = 8
+
+
+def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> np.ndarray:
+    """Render one shape of radius ``r`` centred in a square float mask (alpha in [0, 1], anti-aliased).
+
+    Args:
+        cls (int): Class index into `CLASS_NAMES`.
+        r (float): Radius of the circle that (approximately) encloses the shape, in pixels.
+        angle (float): Rotation in radians.
+        rng (np.random.Generator): Source of the small per-shape variations (aspect, arm width, hole size).
+
+    Returns:
+        (np.ndarray): Array of shape (n, n), float32, with the shape centred at ((n - 1) / 2, (n - 1) / 2).
+    """
+    half = int(np.ceil(r * 1.15)) + 2
+    n = 2 * half + 1
+    mask = np.zeros((n, n), np.uint8)
+    shift = 4  # sub-pixel precision for cv2 drawing
+    scale = 1 << shift
+    c = np.array([half, half], np.float64)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+    def poly(points: np.ndarray) -> None:
+        pts = np.round((points @ rot.T + c) * scale).astype(np.int32)
+        cv2.fillPoly(mask, [pts], 255, cv2.LINE_AA, shift)
+
+    def ellipse(ax: float, ay: float, value: int) -> None:
+        axes = (int(round(ax * scale)), int(round(ay * scale)))
+        centre = (int(round(half * scale)), int(round(half * scale)))
+        cv2.ellipse(mask, centre, axes, float(np.degrees(angle)), 0, 360, value, -1, cv2.LINE_AA, shift)
+
+    name = CLASS_NAMES[cls]
+    if name in ("circle", "ring"):
+        aspect = rng.uniform(0.88, 1.0)
+        ellipse(r, r * aspect, 255)
+        if name == "ring":
+            hole = rng.uniform(0.45, 0.65)
+            ellipse(r * hole, r * aspect * hole, 0)
+    elif name == "square":
+        a = r / np.sqrt(1 + rng.uniform(0.8, 1.0) ** 2)
+        b = a * rng.uniform(0.8, 1.0)
+        poly(np.array([[-a, -b], [a, -b], [a, b], [-a, b]]))
+    elif name == "triangle":
+        t = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.15, 0.15, 3) - np.pi / 2
+        poly(np.stack([np.cos(t), np.sin(t)], 1) * r)
+    elif name == "star":
+        t = np.arange(10) * np.pi / 5 - np.pi / 2
+        radii = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.38, 0.5))
+        poly(np.stack([np.cos(t) * radii, np.sin(t) * radii], 1))
+    else:  # cross
+        w = r * rng.uniform(0.28, 0.4)
+        poly(np.array([[-w, -r], [w, -r], [w, r], [-w, r]]))
+        poly(np.array([[-r, -w], [r, -w], [r, w], [-r, w]]))
+    return mask.astype(np.float32) / 255.0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draw a textured, cluttered background: colour gradient, low-frequency blotches, lines and arcs.
+
+    Args:
+        rng (np.random.Generator): Random source.
+        size (int): Image side in pixels.
+
+    Returns:
+        (np.ndarray): Float32 BGR image of shape (size, size, 3), values roughly in [0, 255].
+    """
+    mid = max(size // 8, 8)  # gradient and blotches are smooth: draw them small, then upscale linearly
+    c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    t = rng.uniform(0, 2 * np.pi)
+    ramp = (np.arange(mid, dtype=np.float32) + 0.5) / mid - 0.5
+    g = np.clip(ramp[None, :] * float(np.cos(t)) + ramp[:, None] * float(np.sin(t)) + 0.5, 0, 1)[..., None]
+    k = int(rng.integers(3, 8))
+    blotches = rng.normal(0, rng.uniform(10, 45), (k, k, 3)).astype(np.float32)
+    small = c0 + (c1 - c0) * g + cv2.resize(blotches, (mid, mid), interpolation=cv2.INTER_CUBIC)
+    img = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+    for _ in range(int(rng.integers(2, 12))):  # clutter: straight lines
+        p = rng.integers(-size // 4, size + size // 4, 4)
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+    for _ in range(int(rng.integers(0, 4))):  # clutter: open arcs (never a full closed contour)
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        axes = tuple(int(v) for v in rng.integers(size // 20 + 1, size // 4 + 2, 2))
+        start = float(rng.uniform(0, 360))
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        thickness = int(rng.integers(1, 3))
+        cv2.ellipse(img, centre, axes, 0.0, start, start + rng.uniform(40, 200), colour, thickness, cv2.LINE_AA)
+    return img
+
+
+Label = tuple[int, float, float, float, float]  # class, x_center, y_center, width, height (normalised)
+
+
+def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Label]]:
+    """Render one image and its YOLO labels.
+
+    Objects are placed one after another; a placement is rejected when it would leave any earlier object (or itself,
+    at the image border) with less than `MIN_VISIBLE` of its pixels visible. Boxes enclose the visible pixels.
+
+    Args:
+        rng (np.random.Generator): Random source for this image.
+        size (int): Image side in pixels.
+
+    Returns:
+        (tuple[np.ndarray, list]): The uint8 BGR image and a list of (class, x_center, y_center, width, height)
+            normalised to [0, 1].
+    """
+    img = _background(rng, size)
+    owner = np.full((size, size), -1, np.int16)  # index of the object that owns each pixel
+    classes: list[int] = []
+    areas: list[float] = []  # full pixel count of each object (also the part outside the image)
+    visible: list[int] = []  # pixels of each object still visible
+    rects: list[tuple[int, int, int, int]] = []  # in-image extent (x0, y0, x1, y1) of each object
+    lo, hi = np.log(SIZE_RANGE[0] * size), np.log(SIZE_RANGE[1] * size)
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        cls = int(rng.integers(len(CLASS_NAMES)))
+        r = float(np.exp(rng.uniform(lo, hi))) / 2
+        alpha = _shape_mask(cls, r, rng.uniform(0, 2 * np.pi), rng)
+        half = alpha.shape[0] // 2
+        full = alpha >= 0.5
+        area = float(full.sum())
+        for _attempt in range(10):
+            cx, cy = (int(v) for v in rng.integers(-int(r * 0.3), size + int(r * 0.3), 2))
+            x0, y0 = cx - half, cy - half  # mask origin in image coordinates
+            ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + 2 * half + 1, size), min(y0 + 2 * half + 1, size)
+            if ix1 <= ix0 or iy1 <= iy0:
+                continue
+            sub = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+            cover = full[sub]
+            n_cover = int(cover.sum())
+            if n_cover < MIN_VISIBLE * area:
+                continue  # too much of the new object would fall outside the image
+            hidden = np.bincount(owner[iy0:iy1, ix0:ix1][cover] + 1, minlength=len(areas) + 1)[1:]
+            if all(visible[j] - hidden[j] >= MIN_VISIBLE * areas[j] for j in range(len(areas))):
+                break
+        else:
+            continue  # no acceptable place for this object: skip it
+        background = img[iy0:iy1, ix0:ix1]
+        a = alpha[sub][..., None]
+        mean = (background * a).sum((0, 1)) / max(float(a.sum()), 1.0)
+        colours = rng.uniform(0, 255, (8, 3))
+        colour = colours[np.argmax(np.linalg.norm(colours - mean, axis=1) > 70)]  # first one that contrasts
+        t, k = rng.uniform(0, 2 * np.pi), rng.uniform(-0.35, 0.35) / (2 * r)
+        xs = (np.arange(ix0, ix1, dtype=np.float32) - cx) * np.float32(k * np.cos(t))
+        ys = (np.arange(iy0, iy1, dtype=np.float32) - cy) * np.float32(k * np.sin(t))
+        shade = 1 + xs[None, :, None] + ys[:, None, None]  # linear shading across the object
+        img[iy0:iy1, ix0:ix1] = background * (1 - a) + colour.astype(np.float32) * shade * a
+        owner[iy0:iy1, ix0:ix1][cover] = len(areas)
+        visible = [v - int(h) for v, h in zip(visible, hidden, strict=True)] + [n_cover]
+        classes.append(cls)
+        areas.append(area)
+        rects.append((ix0, iy0, ix1, iy1))
+    for _ in range(int(rng.integers(0, 3))):  # a few thin lines in front of the objects
+        p = rng.integers(0, size, 4)
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, 1, cv2.LINE_AA)
+    sigma = rng.uniform(0, 1.2)
+    if sigma > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    noise = rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(rng.uniform(2, 12))
+    img += noise  # grey sensor noise (one draw per pixel keeps generation fast)
+    image = (np.clip(img, 0, 255, out=img) + 0.5).astype(np.uint8)
+
+    labels = []
+    for j, (cls, (rx0, ry0, rx1, ry1)) in enumerate(zip(classes, rects, strict=True)):
+        ys, xs = np.nonzero(owner[ry0:ry1, rx0:rx1] == j)
+        if len(xs) == 0:
+            continue
+        x0, x1, y0, y1 = rx0 + xs.min(), rx0 + xs.max() + 1, ry0 + ys.min(), ry0 + ys.max() + 1
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        labels.append((cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size))
+    return image, labels
+
+
+def make_shapes_dataset(
+    root: str | Path, n_train: int = 800, n_val: int = 200, imgsz: int = 320, seed: int = 0
+) -> Path:
+    """Generate the shapes detection dataset in Ultralytics YOLO format under ``root``.
+
+    Writes ``images/{train,val}/*.jpg``, ``labels/{train,val}/*.txt``, ``data.yaml`` (absolute ``path``) and
+    ``generator.json`` (version and parameters). Everything is first written to a hidden sibling folder that is renamed
+    to ``root`` only when complete, so an interrupted run never leaves a dataset that looks complete. Image ``i`` of a
+    split depends only on (seed, split, i), so changing ``n_train`` leaves the validation images unchanged.
+
+    Args:
+        root (str | Path): Dataset folder to create; it must not exist or be empty.
+        n_train (int): Number of training images.
+        n_val (int): Number of validation images.
+        imgsz (int): Side of the square images in pixels.
+        seed (int): Random seed; the same arguments give byte-identical files.
+
+    Returns:
+        (Path): Path of the written data yaml (``root / "data.yaml"``).
+
+    Raises:
+        FileExistsError: If ``root`` exists and is not empty (for example, another process finished first).
+
+    Examples:
+        >>> yaml_path = make_shapes_dataset("shapes-demo", n_train=100, n_val=20, imgsz=160)
+    """
+    root = Path(root).expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"dataset folder {root} exists and is not empty")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "labels" / split).mkdir(parents=True)
+            for i in range(count):
+                image, labels = _render_image(np.random.default_rng([seed, split_id, i]), imgsz)
+                ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                if not ok:
+                    raise RuntimeError("JPEG encoding failed")
+                (tmp / "images" / split / f"{i:06d}.jpg").write_bytes(buf.tobytes())
+                lines = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
+                (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
+        params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
+        info = {"generator": "yolo_prune.data.make_shapes_dataset", "version": GENERATOR_VERSION, "params": params}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+        (tmp / DATA_YAML).write_text(
+            f"# yolo-prune synthetic shapes dataset, generator v{GENERATOR_VERSION}, {json.dumps(params)}\n"
+            f"path: {json.dumps(str(root))}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+        )
+        if root.exists():
+            root.rmdir()  # empty (checked above); fails if another process filled it meanwhile
+        os.rename(tmp, root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"dataset folder {root} was created by another process") from e
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root / DATA_YAML
+
+
+def dataset_cache_dir() -> Path:
+    """Return the folder where built-in datasets are generated.
+
+    ``$YOLO_PRUNE_DATASETS`` if set, else ``<ultralytics DATASETS_DIR>/yolo-prune-shapes`` (the ``datasets_dir``
+    setting, changed with ``yolo settings datasets_dir=...``).
+
+    Returns:
+        (Path): The cache folder (not created here).
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    from ultralytics.utils import DATASETS_DIR
+
+    return Path(DATASETS_DIR) / "yolo-prune-shapes"
+
+
+def resolve_data(data: str) -> str:
+    """Map a built-in dataset name to a generated data yaml; return any other value unchanged.
+
+    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``), matched exactly.
+    The dataset is generated on first use into ``dataset_cache_dir() / "<name>-g<version>-<hash of parameters>"``
+    and reused afterwards; a new generator version or new parameters give a new folder.
+
+    Args:
+        data (str): A built-in name, or anything Ultralytics accepts as ``data=`` (path to a yaml, ``"coco8.yaml"``).
+
+    Returns:
+        (str): Path of the generated data yaml for a built-in name, else ``data`` itself.
+
+    Examples:
+        >>> resolve_data("shapes.yaml")  # first call generates (a few seconds), later calls reuse
+        >>> resolve_data("VOC.yaml")
+        'VOC.yaml'
+    """
+    if not isinstance(data, str) or data not in BUILTIN_DATASETS:
+        return data
+    params = BUILTIN_DATASETS[data]
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    root = dataset_cache_dir() / f"{Path(data).stem}-g{GENERATOR_VERSION}-{digest}"
+    yaml_path = root / DATA_YAML
+    if not yaml_path.is_file():
+        from ultralytics.utils import LOGGER, colorstr
+
+        LOGGER.info(f"{colorstr('yolo-prune: ')}generating built-in dataset {data} into {root}")
+        try:
+            make_shapes_dataset(root, **params)
+        except FileExistsError:
+            if not yaml_path.is_file():  # someone else's folder, not a finished dataset
+                raise
+    return str(yaml_path)
+
+
+def ensure_offline_font() -> None:
+    """Give Ultralytics its fonts locally so ``check_font()`` makes no network request.
+
+    Copies matplotlib's bundled DejaVuSans.ttf to ``USER_CONFIG_DIR/Arial.ttf`` and ``Arial.Unicode.ttf`` when they are
+    missing; existing files are never overwritten.
+    """
+    import matplotlib
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        dst = Path(USER_CONFIG_DIR) / name
+        if not dst.exists() and src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{name}.{uuid.uuid4().hex[:8]}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)  # whole file or nothing, even with concurrent callers

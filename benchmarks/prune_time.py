@@ -65,8 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     names = args.models or [f"{fam[s]}.yaml" for s in args.scales for fam in FAMILIES.values() if s in fam]
     LOGGER.setLevel("ERROR")
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, ratio {args.ratio}, method {args.method}")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, ratio {args.ratio}, method {args.method}"
+    )
     print("| model | build graph + prune (s) | params (M) | GFLOPs@640 | GFLOPs cut |")
     print("|---|---|---|---|---|")
     for name in names:

@@ -172,6 +172,10 @@ def _yolo_from_yaml(name: str) -> YOLO:
         raise ValueError(
             f"unknown model yaml '{name}': no such file nor Ultralytics model config (e.g. 'yolo11n.yaml')"
         ) from e
+    except NotImplementedError as e:  # e.g. rtdetr-l.yaml: the YOLO class has no such task
+        raise ValueError(
+            f"'{name}' is not a YOLO detection model yaml; only detection models (task 'detect') are supported"
+        ) from e
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise ValueError(f"'{name}' is not a YOLO model yaml ({type(e).__name__}: {e}); {ACCEPTED}") from e
 

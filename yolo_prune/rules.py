@@ -19,6 +19,7 @@ Decisions written down:
 * The detection head's hidden convs are pruned; the last 1x1 conv of every branch (box, class, and the one-to-one
   branches of YOLOv10/YOLO26) is frozen, and DFL is never traced.
 * ADown chunks its input into two equal halves; the channels feeding it keep their width.
+* CBLinear/CBFuse (YOLOv9e) add fixed-size slices of one conv onto other branches; those widths are kept.
 * Grouped convs that are not depthwise are frozen (none appear in the stock detection yamls).
 
 A new block means one new entry in ``BLOCK_RULES``.
@@ -56,6 +57,8 @@ from ultralytics.nn.modules import (
     C3Ghost,
     C3k2,
     C3x,
+    CBFuse,
+    CBLinear,
     Concat,
     Conv,
     ConvTranspose,
@@ -217,6 +220,14 @@ def _adown_trace(self, x):
     return torch.cat((x1, x2), 1)
 
 
+def _cbfuse_trace(self, xs):
+    size = xs[-1].shape[2:]
+    out = xs[-1]
+    for i, x in enumerate(xs[:-1]):
+        out = out + nn.functional.interpolate(x[self.idx[i]], size=size, mode="nearest")
+    return out
+
+
 def _detect_trace(self, x):
     heads = [(self.cv2, self.cv3)]
     if getattr(self, "one2one_cv2", None) is not None:
@@ -247,6 +258,15 @@ def _rule_adown(block: ADown, plan: TracingPlan) -> None:
     plan.frozen_in.update((block.cv1.conv, block.cv2.conv))
 
 
+def _rule_cblinear(block: CBLinear, plan: TracingPlan) -> None:
+    # CBLinear splits its conv into fixed sizes ``c2s`` that CBFuse adds onto other branches: keep them all.
+    plan.frozen_out.add(block.conv)
+
+
+def _rule_cbfuse(block: CBFuse, plan: TracingPlan) -> None:
+    plan.patch_forward(block, _cbfuse_trace)  # a chain of adds instead of stack + sum
+
+
 def _rule_detect(head: Detect, plan: TracingPlan) -> None:
     plan.patch_forward(head, _detect_trace)
     for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
@@ -275,6 +295,8 @@ BLOCK_RULES: dict[type, Callable[[nn.Module, TracingPlan], None]] = {
     PSA: _rule_split(_psa_trace),
     ADown: _rule_adown,
     Attention: _rule_attention,
+    CBLinear: _rule_cblinear,
+    CBFuse: _rule_cbfuse,
     AAttn: _rule_attention,
     Detect: _rule_detect,
     v10Detect: _rule_detect,
@@ -357,8 +379,10 @@ def prepare_for_tracing(model: nn.Module) -> TracingPlan:
             rule(module, plan)
         elif isinstance(module, DFL):
             plan.frozen_out.add(module.conv)
-        elif isinstance(module, nn.Conv2d) and 1 < module.groups and not (
-            module.groups == module.in_channels == module.out_channels
+        elif (
+            isinstance(module, nn.Conv2d)
+            and 1 < module.groups
+            and not (module.groups == module.in_channels == module.out_channels)
         ):
             plan.frozen_out.add(module)
             plan.frozen_in.add(module)

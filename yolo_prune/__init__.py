@@ -6,6 +6,7 @@ Examples:
     >>> save_checkpoint(pruned, "yolo11n-pruned.pt")  # a plain Ultralytics checkpoint
 """
 
+from .callbacks import PruneCallback
 from .checkpoint import load_yolo, save_checkpoint
 from .importance import IMPORTANCE_METHODS, get_importance
 from .prune import PruneStats, prune, prune_detection_model
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "PruneCallback",
     "PruneStats",
     "PrunedDetectionTrainer",
     "get_importance",

@@ -1,0 +1,97 @@
+"""`yolo_prune.pipeline`: argument checks, the step schedule and the max_map_drop budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from yolo_prune import pipeline
+from yolo_prune.measure import count_params, new_row
+from yolo_prune.pipeline import budget_exceeded, parse_prune_args, run_prune, step_ratio
+
+QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1}
+
+
+@pytest.fixture(scope="module")
+def model_nc6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 6-class YOLOv8n checkpoint (the shapes data has 6 classes)."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=6, verbose=False)
+    path = tmp_path_factory.mktemp("model") / "v8n-nc6.pt"
+    yolo.save(str(path))
+    return path
+
+
+def test_step_ratio_compounds_to_the_final_ratio() -> None:
+    """Equal steps remove ``ratio`` of the original channels in total."""
+    for ratio, steps in [(0.5, 1), (0.5, 2), (0.75, 3), (0.0, 4)]:
+        assert 1 - (1 - step_ratio(ratio, steps)) ** steps == pytest.approx(ratio)
+    assert step_ratio(0.75, 2) == pytest.approx(0.5)
+
+
+def test_budget_exceeded() -> None:
+    """The schedule stops only when mAP falls further than allowed (or could not be measured)."""
+    assert not budget_exceeded(0.5, 0.1, None)
+    assert not budget_exceeded(0.5, 0.48, 0.02)
+    assert budget_exceeded(0.5, 0.47, 0.02)
+    assert budget_exceeded(0.5, None, 0.02)
+
+
+def test_parse_prune_args() -> None:
+    """Defaults are filled in, Ultralytics training keys pass through, bad values raise one-line ValueErrors."""
+    args = parse_prune_args({"model": "m.pt", "data": "d.yaml", "lr0": 0.002, "patience": 5, "steps": 2.0})
+    assert args["train_args"] == {"lr0": 0.002, "patience": 5}
+    assert args["steps"] == 2 and args["ratio"] == 0.5 and args["max_map_drop"] is None
+    with pytest.raises(ValueError, match="did you mean 'ratio'"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "ratoi": 0.5})
+    with pytest.raises(ValueError, match="did you mean 'workers'"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "wrkers": 0})
+    for bad in ({"ratio": 1.0}, {"steps": 0}, {"epochs": -1}, {"epochs": 1.5}, {"max_map_drop": -0.1}, {"lr0": "x"}):
+        with pytest.raises(ValueError):
+            parse_prune_args({"model": "m.pt", "data": "d.yaml", **bad})
+    with pytest.raises(ValueError, match="not supported"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "resume": True})
+    with pytest.raises(ValueError, match="missing required argument data"):
+        parse_prune_args({"model": "m.pt"})
+
+
+@pytest.mark.slow
+def test_two_steps_prune_only(model_nc6: Path, tiny_data: str, tmp_path: Path) -> None:
+    """steps=2, epochs=0: two pruned checkpoints, each smaller, and report rows for every step."""
+    run = run_prune(model=str(model_nc6), data=tiny_data, ratio=0.5, steps=2, epochs=0, project=tmp_path, **QUICK)
+    weights = run / "weights"
+    for name in ("pruned.pt", "step1-pruned.pt", "step2-pruned.pt", "best.pt", "last.pt"):
+        assert (weights / name).is_file(), name
+    assert not (run / "step1").exists()  # no fine-tuning, no trainer run
+    assert (weights / "best.pt").read_bytes() == (weights / "step2-pruned.pt").read_bytes()
+    rows = {r["name"]: r for r in json.loads((run / "report.json").read_text())["rows"]}
+    assert list(rows) == ["baseline", "step1", "step2", "final"]
+    assert rows["baseline"]["params"] > rows["step1"]["params"] > rows["step2"]["params"] == rows["final"]["params"]
+    assert rows["final"]["from_step"] == 2
+
+
+def test_max_map_drop_keeps_last_model_within_budget(
+    model_nc6: Path, tiny_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With scripted mAP (0.50, then 0.49, then 0.45) and max_map_drop=0.02, step 2 stops the run; step 1 is final."""
+    scripted = {"baseline": 0.50, "step1": 0.49, "step2": 0.45, "step3": 0.40}
+
+    def fake_measure(model, name, path, args, out_dir):  # the pipeline's measurement seam; pruning stays real
+        return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
+
+    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+    run = run_prune(
+        model=str(model_nc6), data=tiny_data, steps=3, epochs=0, max_map_drop=0.02, project=tmp_path, **QUICK
+    )
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["baseline", "step1", "step2", "final"]  # step 3 never ran
+    assert not (run / "weights" / "step3-pruned.pt").exists()
+    assert rows["final"]["from_step"] == 1 and rows["final"]["map50_95"] == 0.49
+    assert (run / "weights" / "best.pt").read_bytes() == (run / "weights" / "step1-pruned.pt").read_bytes()
+    assert any("stopped after step 2" in n for n in report["notes"])

@@ -1,0 +1,292 @@
+"""The ``yolo-prune`` command: Ultralytics-style ``key=value`` arguments, one-line errors.
+
+Examples:
+    yolo-prune prune model=best.pt data=data.yaml ratio=0.5 epochs=10 imgsz=640
+    yolo-prune bench models=best.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640
+    yolo-prune demo
+    yolo-prune help
+
+Errors are printed as one line on stderr (``yolo-prune: error: ...``) with exit code 2 for bad input and 1 for
+failures while running; set ``YOLO_PRUNE_DEBUG=1`` to get the full traceback instead. Ctrl-C exits with 130 and says
+where the last good model is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "entrypoint", "parse_key_values"]
+
+DEBUG_ENV = "YOLO_PRUNE_DEBUG"
+PROG = "yolo-prune"
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+class CommandUnavailable(RuntimeError):
+    """A subcommand that this installation does not provide (exit code 1)."""
+
+
+def parse_key_values(tokens: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` tokens the way the ``yolo`` command does (values through ``smart_value``).
+
+    Args:
+        tokens (list[str]): Command-line tokens after the subcommand.
+
+    Returns:
+        (dict[str, Any]): Parsed arguments (``"0.5"`` -> 0.5, ``"True"`` -> True, ``"a.pt"`` -> ``"a.pt"``).
+
+    Raises:
+        UsageError: On a token that is not ``key=value`` or a key given twice.
+
+    Examples:
+        >>> parse_key_values(["ratio=0.5", "model=best.pt", "fast=True"])
+        {'ratio': 0.5, 'model': 'best.pt', 'fast': True}
+    """
+    from ultralytics.cfg import smart_value
+
+    out: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"expected key=value, got '{token}' (e.g. ratio=0.5); see '{PROG} help'")
+        if key in out:
+            raise UsageError(f"argument '{key}' given twice")
+        out[key] = smart_value(value.strip())
+    return out
+
+
+def _check_keys(args: dict[str, Any], valid: dict[str, Any], command: str) -> None:
+    """Raise a UsageError naming the closest valid key for any key not in ``valid``."""
+    for key in args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"unknown {command} argument '{key}'{hint}; valid: {', '.join(valid)}")
+
+
+def _command_line(argv: list[str]) -> str:
+    """Return the command line as one shell-quoted string for reports."""
+    return " ".join([PROG, *(shlex.quote(a) for a in argv)])
+
+
+def _prune(args: dict[str, Any], command: str) -> Path:
+    """Run ``yolo-prune prune``."""
+    from .pipeline import parse_prune_args, run_prune
+
+    try:
+        parse_prune_args(args)  # fail on bad input before loading anything
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return run_prune(command=command, **args)
+
+
+def _bench(args: dict[str, Any], command: str) -> Path:
+    """Run ``yolo-prune bench``."""
+    from .bench import parse_bench_args, run_bench
+
+    try:
+        parsed = parse_bench_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    missing = [m for m in parsed["models"] if not Path(m).is_file()]
+    if missing:
+        raise UsageError(f"model file '{missing[0]}' not found")
+    return run_bench(**parsed, command=command)
+
+
+def _demo(args: dict[str, Any], command: str) -> Path:
+    """Run ``yolo-prune demo``."""
+    from .demo import check_demo_args, run_demo
+
+    try:
+        check_demo_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return run_demo(command=command, **args)
+
+
+def _sensitivity(args: dict[str, Any], command: str) -> Path:
+    """Run ``yolo-prune sensitivity`` when `yolo_prune.sensitivity` exists."""
+    sensitivity = _load_sensitivity()
+    if sensitivity is None:
+        raise CommandUnavailable("the sensitivity command is not available in this version of yolo-prune")
+    defaults = getattr(sensitivity, "SENSITIVITY_DEFAULTS", None)
+    if isinstance(defaults, dict):
+        _check_keys(args, defaults, "sensitivity")
+    return sensitivity.run_sensitivity(**args)
+
+
+def _load_sensitivity() -> Any:
+    """Import `yolo_prune.sensitivity`, or return None when the module is not there (errors inside it propagate)."""
+    import importlib
+
+    try:
+        return importlib.import_module("yolo_prune.sensitivity")
+    except ModuleNotFoundError as e:
+        if e.name == "yolo_prune.sensitivity":
+            return None
+        raise
+
+
+COMMANDS: dict[str, Callable[[dict[str, Any], str], Path]] = {
+    "prune": _prune,
+    "bench": _bench,
+    "demo": _demo,
+    "sensitivity": _sensitivity,
+}
+
+
+def _defaults_text(defaults: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    """Format defaults as wrapped ``key=value`` lines."""
+
+    def show(key: str, value: Any) -> str:
+        if value is None and key in ("model", "data", "models"):
+            return "..."
+        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    items = [f"{k}={show(k, v)}" for k, v in defaults.items()]
+    items = [i for i in items if i.split("=", 1)[0] not in skip]
+    lines, line = [], "    "
+    for item in items:
+        if len(line) + len(item) > 100:
+            lines.append(line.rstrip())
+            line = "    "
+        line += item + " "
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def usage(command: str | None = None) -> str:
+    """Return the help text, for every subcommand or just ``command``.
+
+    Args:
+        command (str, optional): A subcommand name; None for all.
+
+    Returns:
+        (str): Usage with examples and defaults.
+    """
+    from . import __version__
+    from .bench import BENCH_DEFAULTS
+    from .demo import DEMO_DEFAULTS
+    from .pipeline import PRUNE_DEFAULTS
+
+    sections = {
+        "prune": (
+            "Prune a YOLO detector, fine-tune it with the pruned trainer, measure and report (run folder "
+            "project/name: weights/pruned.pt, weights/best.pt, report.md, pareto.png).\n"
+            "  Any Ultralytics training argument is passed to the trainer (lr0=, workers=, patience=, optimizer=...).\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.5 epochs=10 imgsz=640\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
+            "backends=torch,onnx\n"
+            "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
+            "trainer=PrunedDetectionTrainer)\n"
+            f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"
+        ),
+        "bench": (
+            "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"
+            f"  example: {PROG} bench models=base.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640\n"
+            f"  defaults:\n{_defaults_text(BENCH_DEFAULTS)}"
+        ),
+        "demo": (
+            "Train (or reuse a cached) small baseline on the built-in shapes dataset, prune it 50%, fine-tune and "
+            "report. Offline; about 10 minutes on a 2-core CPU (fast=True: seconds, for tests).\n"
+            f"  example: {PROG} demo\n  example: {PROG} demo fast=True project=/tmp/demo\n"
+            f"  defaults (plus any prune argument):\n{_defaults_text(DEMO_DEFAULTS)}"
+        ),
+        "sensitivity": (
+            "Per-layer pruning sensitivity analysis (when available in this version).\n"
+            f"  example: {PROG} sensitivity model=best.pt data=data.yaml"
+        ),
+        "help": f"Show this help; '{PROG} help <command>' for one command.",
+        "version": "Print the yolo-prune version.",
+    }
+    if command in sections:
+        return f"{PROG} {command}: {sections[command]}"
+    head = (
+        f"{PROG} {__version__}: structured channel pruning for Ultralytics YOLO detectors.\n\n"
+        f"usage: {PROG} <command> key=value ...\n"
+        f"commands: {', '.join(sections)}\n"
+        "Arguments are key=value like the 'yolo' command. Built-in datasets: data=shapes.yaml, data=shapes-tiny.yaml.\n"
+        f"Errors: one line on stderr, exit 2 (bad input) or 1 (failure); {DEBUG_ENV}=1 shows tracebacks.\n"
+    )
+    return head + "\n" + "\n\n".join(f"{PROG} {name}: {text}" for name, text in sections.items()) + "\n"
+
+
+def _error(message: str, code: int) -> int:
+    """Print a one-line error on stderr and return ``code``."""
+    first = " ".join(str(message).split()) or "unknown error"
+    print(f"{PROG}: error: {first}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit code (0 ok, 1 failure, 2 bad input, 130 interrupted).
+
+    Args:
+        argv (list[str], optional): Arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        (int): Exit code.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").lower() not in {"", "0", "false", "no"}
+    if not argv or argv[0] in {"help", "-h", "--help"}:
+        topic = argv[1] if len(argv) > 1 else None
+        print(usage(topic))
+        return 0
+    if argv[0] in {"version", "-v", "--version"}:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    command, tokens = argv[0], argv[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, [*COMMANDS, "help", "version"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return _error(f"unknown command '{command}'{hint}; commands: {', '.join(COMMANDS)}, help, version", 2)
+    if any(t in {"-h", "--help", "help"} for t in tokens):
+        print(usage(command))
+        return 0
+    try:
+        if os.environ.get("YOLO_OFFLINE"):
+            from .data import ensure_offline_font
+
+            ensure_offline_font()
+        args = parse_key_values(tokens)
+        COMMANDS[command](args, _command_line(argv))
+        return 0
+    except KeyboardInterrupt as e:
+        last = getattr(e, "last_good", None)
+        where = f"; last good model: {last}" if last else ""
+        run_dir = getattr(e, "run_dir", None)
+        print(f"\n{PROG}: interrupted{where}" + (f" (run folder {run_dir})" if run_dir else ""), file=sys.stderr)
+        if getattr(e, "resume_hint", None):
+            print(f"{PROG}: {e.resume_hint}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, (ValueError, FileNotFoundError)):  # bad input: arguments, files, dataset
+            return _error(str(e), 2)
+        if isinstance(e, CommandUnavailable):
+            return _error(str(e), 1)
+        return _error(f"{type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)", 1)
+
+
+def entrypoint() -> None:
+    """Console-script entry point of ``yolo-prune``: run `main` and exit with its code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -74,7 +74,8 @@ def _save_module(model: nn.Module, path: Path) -> Path:
 def load_yolo(model_or_ckpt: Any):
     """Return an Ultralytics `YOLO` object for a checkpoint path, a YOLO object or a detection module.
 
-    A module is written to a temporary checkpoint and loaded back (so the returned object owns a copy).
+    Paths and YOLO objects go through `yolo_prune.checkpoint.load_yolo` (clear errors, nothing downloaded). A bare
+    module is written to a temporary FP32 checkpoint and loaded back, so the returned object owns a copy.
 
     Args:
         model_or_ckpt (str | Path | YOLO | nn.Module): What to load.
@@ -82,18 +83,14 @@ def load_yolo(model_or_ckpt: Any):
     Returns:
         (ultralytics.YOLO): The loaded model (the same object when given a YOLO object).
     """
-    from ultralytics import YOLO
     from ultralytics.engine.model import Model
 
-    if isinstance(model_or_ckpt, Model):
-        return model_or_ckpt
-    if isinstance(model_or_ckpt, (str, Path)):
-        path = Path(model_or_ckpt)
-        if not path.is_file():  # avoid Ultralytics' download attempt for unknown names
-            raise FileNotFoundError(f"model file not found: {path}")
-        return YOLO(str(path))
+    from .checkpoint import load_yolo as load_checked
+
+    if isinstance(model_or_ckpt, (Model, str, Path)):
+        return load_checked(model_or_ckpt)
     with tempfile.TemporaryDirectory(prefix="yolo_prune_") as tmp:
-        return YOLO(str(_save_module(model_or_ckpt, Path(tmp) / "model.pt")))
+        return load_checked(_save_module(model_or_ckpt, Path(tmp) / "model.pt"))
 
 
 def count_params(model: nn.Module) -> int:

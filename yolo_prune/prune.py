@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -13,12 +14,13 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
 from .checkpoint import load_yolo
-from .importance import get_importance
+from .importance import collect_gradients, get_importance, needs_gradients
 from .rules import TracingPlan, check_supported, prepare_for_tracing
 
-__all__ = ["PruneStats", "check_ratio", "prune", "prune_detection_model"]
+__all__ = ["PruneStats", "check_layer_ratios", "check_ratio", "prune", "prune_detection_model"]
 
 PREFIX = colorstr("yolo-prune: ")
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the rounding thresholds of staggered rounding evenly over [0, 1)
 
 
 @dataclass
@@ -51,9 +53,39 @@ def check_ratio(ratio: float) -> float:
     return value
 
 
-def _keep_count(channels: int, ratio: float, round_to: int, min_channels: int) -> int:
-    """Channels to keep in a group of ``channels``: rounded up to ``round_to``, at least ``min_channels``."""
-    keep = math.ceil(channels * (1.0 - ratio) / round_to) * round_to
+def check_layer_ratios(layer_ratios: Mapping[int, float] | None) -> dict[int, float]:
+    """Return ``{stage index: ratio}`` with checked values, or raise a one-line ``ValueError``."""
+    if layer_ratios is None:
+        return {}
+    if not isinstance(layer_ratios, Mapping):
+        raise ValueError(f"layer_ratios must be a dict {{layer index: ratio}}, got {type(layer_ratios).__name__}")
+    out = {}
+    for stage, value in layer_ratios.items():
+        try:
+            index = int(stage)
+        except (TypeError, ValueError):
+            raise ValueError(f"layer_ratios keys must be layer indices of model.model, got {stage!r}") from None
+        out[index] = check_ratio(value)
+    return out
+
+
+def _check_max_ratio(max_ratio: float) -> float:
+    """Return ``max_ratio`` as a float in (0, 1], or raise a one-line ``ValueError``."""
+    try:
+        value = float(max_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_ratio must be a number in (0, 1], got {max_ratio!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"max_ratio must be in (0, 1] (the largest fraction of one group removed), got {value}")
+    return value
+
+
+def _keep_count(channels: int, ratio: float, round_to: int, min_channels: int, phase: float = 0.0) -> int:
+    """Channels to keep in a group of ``channels``: rounded up to ``round_to``, at least ``min_channels``.
+
+    A ``phase`` in [0, 1) moves the rounding threshold: the width rounds up only past ``phase`` of a step.
+    """
+    keep = math.ceil(channels * (1.0 - ratio) / round_to - phase) * round_to
     return min(channels, max(keep, min_channels))
 
 
@@ -67,39 +99,172 @@ def _out_modules(graph: tp.DependencyGraph, group: tp.dependency.Group) -> set[n
     return {dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)}
 
 
-def _plan_removals(
-    graph: tp.DependencyGraph,
-    groups: list[tp.dependency.Group],
-    plan: TracingPlan,
-    ratio: float,
-    importance: tp.importance.Importance,
-    round_to: int,
-    min_channels: int,
-) -> list[tuple[nn.Module, list[int]]]:
-    """Decide, per group, which root channels go: the lowest-scored ones, twins pruned by equal counts."""
-    counts = [len(g[0].idxs) - _keep_count(len(g[0].idxs), ratio, round_to, min_channels) for g in groups]
+def _stage_of(model: nn.Module) -> dict[nn.Module, int]:
+    """Map every module (temporary tracing convs included) to the index of its top-level layer in ``model.model``."""
+    return {module: i for i, layer in enumerate(model.model) for module in layer.modules()}
+
+
+def _twin_units(
+    graph: tp.DependencyGraph, groups: list[tp.dependency.Group], plan: TracingPlan
+) -> tuple[list[list[int]], set[int]]:
+    """Split group indices into units pruned by equal counts (twins together) and the set that must keep its width."""
     owner: dict[nn.Module, int] = {}
     for i, group in enumerate(groups):
         for module in _out_modules(graph, group):
             owner[module] = i
+    parent = list(range(len(groups)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    fixed: set[int] = set()
     for first, second in plan.twins:
         i, j = owner.get(first), owner.get(second)
         if i is None or j is None:  # one half is frozen, so the other must keep its width too
-            for k in (i, j):
-                if k is not None:
-                    counts[k] = 0
-        elif i != j:
-            counts[i] = counts[j] = min(counts[i], counts[j])
+            fixed.update(k for k in (i, j) if k is not None)
+        else:
+            parent[find(i)] = find(j)
+    units: dict[int, list[int]] = {}
+    for i in range(len(groups)):
+        units.setdefault(find(i), []).append(i)
+    fixed = {k for unit in units.values() if fixed.intersection(unit) for k in unit}
+    return [unit for unit in units.values() if not fixed.intersection(unit)], fixed
+
+
+def _min_keep(channels: int, round_to: int, min_channels: int, max_ratio: float) -> int:
+    """Fewest channels a group may keep under global allocation: ``min_channels``, ``max_ratio`` and ``round_to``."""
+    floor = math.ceil(channels * (1.0 - max_ratio) / round_to) * round_to
+    return min(channels, max(floor, min_channels, round_to))
+
+
+def _global_counts(
+    scores: list[torch.Tensor | None],
+    units: list[list[int]],
+    ratio: float,
+    round_to: int,
+    min_channels: int,
+    max_ratio: float,
+) -> dict[int, int]:
+    """Removals per unit when ranking normalised scores across all groups, until ``ratio`` of the channels go."""
+    steps, owners, costs, sizes = [], [], [], {}
+    for u, unit in enumerate(units):
+        if any(scores[i] is None for i in unit):
+            continue
+        size = min(len(scores[i]) for i in unit)
+        sizes[u] = size
+        cap = size - _min_keep(size, round_to, min_channels, max_ratio)
+        if cap <= 0:
+            continue
+        ordered = torch.stack([torch.sort(scores[i][:size]).values for i in unit]).mean(0)  # k-th cheapest per twin
+        steps.append(ordered[:cap])
+        owners.append(torch.full((cap,), u))
+        costs.append(torch.full((cap,), len(unit)))
+    if not steps:
+        return {}
+    total = sum(sizes[u] * len(units[u]) for u in sizes)
+    wanted = ratio * total
+    order = torch.argsort(torch.cat(steps), stable=True)  # ascending steps within a unit keep each pick a prefix
+    spent = torch.cumsum(torch.cat(costs)[order], 0)
+    taken = int((spent < wanted).sum()) + (1 if wanted > 0 else 0)
+    counts: dict[int, int] = {}
+    for u in torch.cat(owners)[order][:taken].tolist():
+        counts[u] = counts.get(u, 0) + 1
+    out = {}
+    for u, raw in counts.items():  # round the kept width to the nearest allowed multiple of round_to
+        size = sizes[u]
+        keep = int(round((size - raw) / round_to)) * round_to
+        out[u] = size - min(size, max(keep, _min_keep(size, round_to, min_channels, max_ratio)))
+    return out
+
+
+def _plan_removals(
+    graph: tp.DependencyGraph,
+    groups: list[tp.dependency.Group],
+    plan: TracingPlan,
+    ratio: float | list[float],
+    importance: tp.importance.Importance,
+    round_to: int,
+    min_channels: int,
+    global_pruning: bool = False,
+    max_ratio: float = 0.9,
+    staggered: bool = False,
+) -> list[tuple[nn.Module, list[int]]]:
+    """Decide, per group, which root channels go: the lowest-scored ones, twins pruned by equal counts.
+
+    ``ratio`` is one value, or one per group (layer ratios). With ``global_pruning`` the counts come from ranking the
+    normalised scores of all groups together instead, until ``ratio`` of all their channels are removed.
+    ``staggered`` gives each unit its own rounding threshold (a golden-ratio sequence), so that widths do not all
+    change at the same ratios.
+    """
+    ratios = [ratio] * len(groups) if isinstance(ratio, (int, float)) else list(ratio)
+    units, fixed = _twin_units(graph, groups, plan)
+    counts = [0] * len(groups)
+    scores: list[torch.Tensor | None] = [None] * len(groups)
+
+    def score(i: int) -> torch.Tensor | None:
+        if scores[i] is None:
+            s = importance(groups[i])
+            scores[i] = None if s is None else torch.nan_to_num(s.detach().float().cpu(), nan=0.0)
+        return scores[i]
+
+    if global_pruning:
+        for unit in units:
+            for i in unit:
+                score(i)
+        for u, count in _global_counts(scores, units, ratios[0], round_to, min_channels, max_ratio).items():
+            for i in units[u]:
+                counts[i] = count
+    else:
+        for u, unit in enumerate(units):
+            phase = (u * GOLDEN) % 1.0 if staggered else 0.0
+            count = min(
+                len(groups[i][0].idxs) - _keep_count(len(groups[i][0].idxs), ratios[i], round_to, min_channels, phase)
+                for i in unit
+            )
+            for i in unit:
+                counts[i] = count
     removals = []
-    for group, count in zip(groups, counts, strict=True):
-        if count <= 0:
+    for i, (group, count) in enumerate(zip(groups, counts, strict=True)):
+        if count <= 0 or i in fixed or score(i) is None:
             continue
-        scores = importance(group)
-        if scores is None:
-            continue
-        order = torch.argsort(scores.detach().float().cpu(), stable=True)
+        order = torch.argsort(scores[i], stable=True)
         removals.append((group[0].dep.target.module, sorted(order[:count].tolist())))
     return removals
+
+
+def _apply_gradients(model: nn.Module, gradients: Mapping[str, torch.Tensor]) -> None:
+    """Write collected gradients onto ``param.grad`` (see ``yolo_prune.importance.collect_gradients``)."""
+    for name, p in model.named_parameters():
+        g = gradients.get(name)
+        if g is None:
+            continue
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"gradients do not match the model: '{name}' is {tuple(p.shape)}, got {tuple(g.shape)}")
+        p.grad = g.to(p.device, p.dtype).clone()
+
+
+def _slice_twin_gradients(model: nn.Module) -> None:
+    """Give the temporary twin convs ``_cv1a``/``_cv1b`` the gradient slices of the ``cv1`` they were sliced from."""
+    for block in model.modules():
+        halves = getattr(block, "_cv1a", None), getattr(block, "_cv1b", None)
+        if halves[0] is None or halves[1] is None:
+            continue
+        width = halves[0].conv.out_channels
+        for k, half in enumerate(halves):
+            for path in ("conv.weight", "conv.bias", "bn.weight", "bn.bias"):
+                source, target = (_parameter(m, path) for m in (block.cv1, half))
+                if source is not None and target is not None and source.grad is not None:
+                    target.grad = source.grad[k * width : (k + 1) * width].clone()
+
+
+def _parameter(module: nn.Module, path: str) -> nn.Parameter | None:
+    """Return the parameter at dotted ``path`` under ``module``, or None."""
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module if isinstance(module, nn.Parameter) else None
 
 
 def prune_detection_model(
@@ -109,21 +274,46 @@ def prune_detection_model(
     round_to: int = 8,
     min_channels: int | None = None,
     imgsz: int | None = None,
+    *,
+    global_pruning: bool = False,
+    max_ratio: float = 0.9,
+    layer_ratios: Mapping[int, float] | None = None,
+    gradients: Mapping[str, torch.Tensor] | None = None,
+    staggered: bool = False,
 ) -> PruneStats:
     """Prune an Ultralytics ``DetectionModel`` in place.
 
     Args:
         model: The detection model (``YOLO(...).model``); changed in place.
-        ratio: Fraction of the channels of every prunable group to remove, in [0, 1).
+        ratio: Fraction of the prunable channels to remove, in [0, 1): of every group (per-layer uniform), or of all
+            groups together (``global_pruning``). With ``layer_ratios``, the ratio of the layers not listed there.
         importance: A torch-pruning importance (see ``yolo_prune.importance.get_importance``).
-        round_to: Kept widths are rounded up to a multiple of this.
+        round_to: Kept widths are rounded to a multiple of this.
         min_channels: No group is cut below this width (default: ``round_to``).
         imgsz: Image size of the tracing input (default: twice the largest stride).
+        global_pruning: Rank normalised channel scores across all groups instead of cutting each group by ``ratio``.
+        max_ratio: With ``global_pruning``, the largest fraction of any one group that may be removed.
+        layer_ratios: ``{index in model.model: ratio}`` for groups whose root conv lies in that top-level layer
+            (``{4: 0.5}`` with ``ratio=0`` prunes layer 4 alone). Not combined with ``global_pruning``.
+        gradients: ``{parameter name: gradient statistic}`` for gradient criteria (taylor, hessian), from
+            ``yolo_prune.importance.collect_gradients``; written onto ``param.grad`` (and sliced onto the temporary
+            twin convs) for the duration of the call.
+        staggered: Per-layer-uniform mode only: give each group its own rounding threshold instead of rounding every
+            kept width up. Widths stay multiples of ``round_to``, but they no longer all change at the same ratios,
+            so the cost falls smoothly with ``ratio`` (the target searches use it).
 
     Returns:
         A ``PruneStats`` summary.
+
+    Raises:
+        ValueError: On a bad ratio, ``layer_ratios`` together with ``global_pruning``, gradients that do not match the
+            model, or an unsupported model.
     """
     ratio = check_ratio(ratio)
+    layer_ratios = check_layer_ratios(layer_ratios)
+    if global_pruning and layer_ratios:
+        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
+    max_ratio = _check_max_ratio(max_ratio)
     check_supported(model)
     round_to = max(1, int(round_to))
     min_channels = round_to if min_channels is None else max(1, int(min_channels))
@@ -137,8 +327,11 @@ def prune_detection_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    if gradients is not None:
+        _apply_gradients(model, gradients)
     plan = prepare_for_tracing(model)
     try:
+        _slice_twin_gradients(model)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model, example, unwrapped_parameters=plan.unwrapped or None, verbose=False
@@ -150,12 +343,20 @@ def prune_detection_model(
                 )
                 if not _touches(graph, g, plan.frozen_in)
             ]
-            removals = _plan_removals(graph, groups, plan, ratio, importance, round_to, min_channels)
+            ratios: float | list[float] = ratio
+            if layer_ratios:
+                stage = _stage_of(model)
+                ratios = [layer_ratios.get(stage.get(g[0].dep.target.module, -1), ratio) for g in groups]
+            removals = _plan_removals(
+                graph, groups, plan, ratios, importance, round_to, min_channels, global_pruning, max_ratio, staggered
+            )
             for root, idxs in removals:
                 pruner = graph.get_pruner_of_module(root)
                 graph.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
     finally:
         plan.restore()
+        for p in model.parameters():
+            p.grad = None
     model.train(was_training)
     return PruneStats(
         groups=len(groups),
@@ -176,50 +377,163 @@ def _copy_yolo(yolo: YOLO) -> YOLO:
         yolo.predictor, yolo.trainer = held
 
 
+def _describe(stats: PruneStats) -> dict:
+    """Return the plain-dict form of ``stats`` for ``prune_info``."""
+    return dict(stats.__dict__)
+
+
 def prune(
     model: YOLO | str,
-    ratio: float = 0.5,
+    ratio: float | None = None,
     method: str = "l2",
     round_to: int = 8,
     min_channels: int | None = None,
     seed: int = 0,
     verbose: bool = True,
+    *,
+    global_pruning: bool = False,
+    max_ratio: float = 0.9,
+    layer_ratios: Mapping[int, float] | None = None,
+    target_macs: float | None = None,
+    target_latency: float | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    imgsz: int = 640,
+    data: str | None = None,
+    calib_batches: int = 4,
+    calib_batch: int = 8,
+    staggered: bool = False,
+    latency_runs: int = 30,
+    latency_threads: int | None = None,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
-    The input is never modified: a ``YOLO`` is deep-copied and a checkpoint file is only read.
+    The input is never modified: a ``YOLO`` is deep-copied and a checkpoint file is only read. The returned object
+    carries ``prune_info``, a plain dict with what was done (method, ratio, channel and parameter counts and, for a
+    target, the search result); it lives on the ``YOLO`` wrapper only, never inside the saved ``.model``.
 
     Args:
         model: An Ultralytics ``YOLO``, a path to a ``.pt`` checkpoint, or a model yaml such as ``"yolo11n.yaml"``.
-        ratio: Fraction of prunable channels to remove, in [0, 1). ``0`` returns an equivalent model.
-        method: Importance criterion (``l1``, ``l2``, ``random``; see ``IMPORTANCE_METHODS``).
-        round_to: Kept widths are rounded up to a multiple of this (hardware-friendly channel counts).
+        ratio: Fraction of prunable channels to remove, in [0, 1). ``0`` returns an equivalent model. Default 0.5,
+            or 0 for the layers not in ``layer_ratios``. Not allowed together with a target.
+        method: Importance criterion: ``l1``, ``l2``, ``bn``, ``lamp``, ``fpgm``, ``taylor``, ``hessian``, ``random``
+            (see ``IMPORTANCE_METHODS``). ``taylor`` and ``hessian`` need ``data``.
+        round_to: Kept widths are rounded to a multiple of this (hardware-friendly channel counts).
         min_channels: No group is cut below this width (default: ``round_to``).
         seed: Seed for random criteria.
-        verbose: Log a one-line summary.
+        verbose: Log a one-line summary (and each target-search probe).
+        global_pruning: Rank normalised channel scores across all groups (twins cut equally, frozen groups excluded)
+            instead of removing ``ratio`` of every group; ``ratio`` is still the fraction of all prunable channels.
+        max_ratio: With ``global_pruning``, the largest fraction removed from any one group, in (0, 1].
+        layer_ratios: ``{index in model.model: ratio}``, e.g. from ``yolo_prune.sensitivity.layer_ratios``.
+        target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched.
+        target_latency: Keep at most this fraction of the latency measured on ``backend``/``device`` at ``imgsz``.
+        backend: Latency backend for ``target_latency``: ``torch`` or ``onnx``.
+        device: Device for latency measurement and gradient collection.
+        imgsz: Image size for MACs, latency and gradient collection.
+        data: Dataset yaml (or built-in name such as ``shapes.yaml``) whose training split feeds gradient criteria.
+        calib_batches: Batches of training images for gradient criteria.
+        calib_batch: Images per calibration batch.
+        staggered: Stagger the rounding thresholds of the groups (see ``prune_detection_model``); always on for a
+            target, so that ``prune(ratio=info["ratio"], staggered=True)`` rebuilds the same widths.
+        latency_runs: Timed runs per latency measurement of ``target_latency`` (after 5 untimed ones).
+        latency_threads: CPU threads for those measurements (default: every usable core; 1 is far steadier on a
+            machine shared with other jobs).
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
 
     Raises:
-        ValueError: On a bad ``ratio``, unknown ``method``, unreadable model or unsupported model family.
+        ValueError: On a bad ``ratio`` or target, both given, an unknown ``method``, a gradient method without
+            ``data``, an unreachable target, an unreadable model or an unsupported model family.
 
     Examples:
         >>> from yolo_prune import prune
         >>> pruned = prune("yolo11n.yaml", ratio=0.5)
+        >>> pruned = prune("best.pt", method="taylor", data="data.yaml", target_macs=0.5, global_pruning=True)
+        >>> pruned.prune_info["target"]["achieved"]  # measured MACs ratio, <= 0.5
         >>> pruned.save("yolo11n-pruned.pt")
     """
-    ratio = check_ratio(ratio)
+    from .targets import check_backend, check_target, cost_meter, search_ratio
+
     importance = get_importance(method)
+    given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
+    if len(given) > 1:
+        raise ValueError("give at most one of target_macs and target_latency")
+    if given and ratio is not None:
+        raise ValueError(f"ratio and target_{next(iter(given))} are mutually exclusive: give one of them")
+    if given and layer_ratios:
+        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with a target")
+    target = {kind: check_target(value, f"target_{kind}") for kind, value in given.items()}
+    if "latency" in target:
+        backend = check_backend(backend)
+    layers = check_layer_ratios(layer_ratios)
+    if global_pruning and layers:
+        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
+    ratio = check_ratio((0.0 if layers else 0.5) if ratio is None else ratio)
+    max_ratio = _check_max_ratio(max_ratio)
+    if needs_gradients(method) and data is None:
+        raise ValueError(
+            f"method='{method}' scores channels from gradients: give data= (a dataset yaml) to compute them"
+        )
     source = load_yolo(model)
     check_supported(source.model)
     pruned = _copy_yolo(source)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        stats = prune_detection_model(pruned.model, ratio, importance, round_to=round_to, min_channels=min_channels)
+    gradients = None
+    if needs_gradients(method):
+        gradients = collect_gradients(
+            pruned.model, data, method, batches=calib_batches, batch=calib_batch, imgsz=imgsz, device=device
+        )
+    options = {
+        "round_to": round_to,
+        "min_channels": min_channels,
+        "global_pruning": global_pruning,
+        "max_ratio": max_ratio,
+        "layer_ratios": layers,
+        "gradients": gradients,
+        "staggered": bool(staggered) or bool(target),
+    }
+
+    def prune_module(module: nn.Module, value: float) -> PruneStats:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return prune_detection_model(module, value, importance, **options)
+
+    info: dict = {
+        "method": str(method).lower(),
+        "global_pruning": bool(global_pruning),
+        "staggered": options["staggered"],
+        "round_to": round_to,
+    }
+    if target:
+        kind, wanted = next(iter(target.items()))
+        cost = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=latency_runs, threads=latency_threads)
+        found: dict[float, PruneStats] = {}
+
+        def prune_copy(value: float) -> nn.Module:
+            module = copy.deepcopy(pruned.model)
+            found[value] = prune_module(module, value)
+            return module
+
+        search, pruned.model = search_ratio(
+            prune_copy, cost, cost(pruned.model), wanted, kind=kind, max_ratio=0.95, verbose=verbose
+        )
+        ratio, stats = search.ratio, found[search.ratio]
+        info["target"] = search.as_dict()
+        if kind == "latency":
+            info["target"].update(backend=backend, device=str(device), imgsz=imgsz)
+    else:
+        stats = prune_module(pruned.model, ratio)
+    info.update(ratio=ratio, layer_ratios={str(k): v for k, v in layers.items()}, **_describe(stats))
+    pruned.prune_info = info
     if verbose:
+        reached = ""
+        if "target" in info:
+            t = info["target"]
+            reached = f", target {t['kind']}={t['target']} -> kept {t['achieved']:.1%}"
         LOGGER.info(
             f"{PREFIX}removed {stats.channels_removed}/{stats.channels_before} channels in {stats.groups} groups "
-            f"({method}, ratio={ratio}): {stats.params_before:,} -> {stats.params_after:,} parameters"
+            f"({method}, ratio={ratio:.4g}{', global' if global_pruning else ''}{reached}): "
+            f"{stats.params_before:,} -> {stats.params_after:,} parameters"
         )
     return pruned

@@ -1,0 +1,302 @@
+"""Per-layer pruning sensitivity: prune one top-level layer of the model at a time and measure the mAP drop.
+
+A *stage* is one top-level layer of the detection model, ``model.model[i]``; pruning a stage prunes the channel
+groups whose root conv lies in it (the layers that consume those channels shrink with them). Each stage is pruned
+alone at a few ratios on a fresh copy of the model, validated with the Ultralytics validator, and the results are
+written to ``sensitivity.json``, a ``sensitivity.md`` table and a ``sensitivity.png`` plot in a new run folder.
+`layer_ratios` turns the results into per-layer ratios for ``prune(..., layer_ratios=...)``.
+
+Examples:
+    >>> from yolo_prune.sensitivity import layer_ratios, run_sensitivity
+    >>> run_dir = run_sensitivity("best.pt", "data.yaml", ratios=(0.3, 0.5, 0.7), imgsz=320)
+    >>> ratios = layer_ratios(run_dir / "sensitivity.json", max_drop=0.01)  # {0: 0.7, 1: 0.5, ...}
+    >>> pruned = prune("best.pt", layer_ratios=ratios)
+
+    From the command line: ``yolo-prune sensitivity model=best.pt data=data.yaml imgsz=320``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils.files import increment_path
+
+__all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "run_sensitivity"]
+
+PREFIX = colorstr("yolo-prune: ")
+METRICS = ("map50_95", "map50")
+
+# Accepted arguments of `run_sensitivity` (the ``yolo-prune sensitivity`` command) and their defaults.
+SENSITIVITY_DEFAULTS: dict[str, Any] = {
+    "model": None,  # required: .pt checkpoint (or model yaml) to analyse
+    "data": None,  # required: dataset yaml, or a built-in name (shapes.yaml, shapes-tiny.yaml)
+    "ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone
+    "imgsz": 640,  # validation (and gradient collection) image size
+    "batch": 16,  # validation batch size
+    "device": "cpu",
+    "method": "l2",  # channel importance: l1, l2, bn, lamp, fpgm, taylor, hessian, random
+    "stages": None,  # layer indices of model.model to analyse (e.g. 0,2,4); None = every layer
+    "round_to": 8,  # kept widths are multiples of this
+    "min_channels": None,  # no group is cut below this width (default round_to)
+    "calib_batches": 4,  # training batches for gradient methods (taylor, hessian)
+    "seed": 0,  # seed of the random method
+    "project": "runs/sensitivity",
+    "name": "exp",
+    "verbose": True,
+}
+
+
+def _numbers(value: Any, name: str, kind: type) -> list:
+    """Parse a number, a sequence of numbers or a comma-separated string into a list, or raise ``ValueError``."""
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").replace("(", "").replace(")", "").split(",") if v]
+    elif not isinstance(value, Iterable):
+        value = [value]
+    try:
+        out = [kind(float(v)) if kind is int else kind(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}") from None
+    if kind is int and any(float(a) != b for a, b in zip(value, out, strict=True)):
+        raise ValueError(f"{name} must be whole numbers, got {value!r}")
+    return out
+
+
+def _check_ratios(ratios: Any) -> list[float]:
+    """Return sorted unique ratios in (0, 1), or raise ``ValueError``."""
+    values = sorted(set(_numbers(ratios, "ratios", float)))
+    if not values or any(not 0.0 < r < 1.0 for r in values):
+        raise ValueError(f"ratios must be numbers in (0, 1), got {ratios!r}")
+    return values
+
+
+def _check_stages(stages: Any, count: int) -> list[int]:
+    """Return the layer indices to analyse (negative ones count from the end), or raise ``ValueError``."""
+    if stages is None:
+        return list(range(count))
+    values = _numbers(stages, "stages", int)
+    bad = [s for s in values if not -count <= s < count]
+    if bad:
+        raise ValueError(f"stages must be layer indices in [0, {count}), got {bad}")
+    return sorted({s % count for s in values})
+
+
+def _prune_stage(
+    base: torch.nn.Module, stage: int, ratio: float, importance: Any, options: dict, seed: int
+) -> tuple[torch.nn.Module, Any]:
+    """Return a pruned copy of ``base`` in which only groups rooted in ``stage`` lost ``ratio`` of their channels."""
+    from .prune import prune_detection_model
+
+    module = copy.deepcopy(base)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        stats = prune_detection_model(module, 0.0, importance, layer_ratios={stage: ratio}, **options)
+    return module, stats
+
+
+def run_sensitivity(
+    model: Any,
+    data: str,
+    ratios: Iterable[float] | str = (0.3, 0.5, 0.7),
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "cpu",
+    method: str = "l2",
+    stages: Iterable[int] | str | None = None,
+    round_to: int = 8,
+    min_channels: int | None = None,
+    calib_batches: int = 4,
+    seed: int = 0,
+    project: str | Path = "runs/sensitivity",
+    name: str = "exp",
+    verbose: bool = True,
+) -> Path:
+    """Prune each layer alone at each ratio, validate, and write ``sensitivity.json``/``.md``/``.png``.
+
+    Args:
+        model: ``YOLO`` object, ``.pt`` checkpoint or model yaml; never modified.
+        data: Dataset yaml or built-in name; its ``val`` split is validated (``train`` feeds gradient methods).
+        ratios: Ratios in (0, 1) each layer is pruned at (a list, or ``"0.3,0.5"``).
+        imgsz: Validation image size.
+        batch: Validation batch size.
+        device: Ultralytics device string.
+        method: Importance criterion (see ``yolo_prune.importance.IMPORTANCE_METHODS``).
+        stages: Layer indices of ``model.model`` to analyse; default every layer. Layers with no prunable channels
+            (upsample, concat, ...) are listed but not validated.
+        round_to: Kept widths are rounded to a multiple of this.
+        min_channels: No group is cut below this width (default: ``round_to``).
+        calib_batches: Training batches for gradient methods.
+        seed: Seed for the random method.
+        project: Parent folder of the run folder.
+        name: Run folder name; ``exp``, ``exp2``, ... so nothing is overwritten.
+        verbose: Log progress.
+
+    Returns:
+        The run folder, holding ``sensitivity.json``, ``sensitivity.md`` and ``sensitivity.png``.
+
+    Raises:
+        ValueError: On a missing ``model``/``data``, bad ``ratios``/``stages``, an unknown method or an unsupported
+            model.
+    """
+    from .checkpoint import load_yolo
+    from .data import resolve_data
+    from .importance import collect_gradients, get_importance, needs_gradients
+    from .measure import count_gflops, validate
+    from .report import machine_info
+    from .rules import check_supported
+
+    if model is None or data is None:
+        raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
+    ratio_list = _check_ratios(ratios)
+    importance = get_importance(method)
+    yolo = load_yolo(model)
+    check_supported(yolo.model)
+    base = copy.deepcopy(yolo.model).float().cpu()
+    stage_list = _check_stages(stages, len(base.model))
+    data_yaml = resolve_data(data)
+    run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
+    options = {"round_to": round_to, "min_channels": min_channels}
+    if needs_gradients(method):
+        options["gradients"] = collect_gradients(
+            base, data_yaml, method, batches=calib_batches, imgsz=imgsz, device=device
+        )
+    val_args = {"imgsz": imgsz, "batch": batch, "device": device}
+    with tempfile.TemporaryDirectory(prefix="yolo_prune_sens_") as tmp:
+        val_args.update(project=tmp, name="val", exist_ok=True)  # validator folders stay out of the run folder
+        baseline = validate(base, data_yaml, **val_args)
+        base_macs = count_gflops(base, imgsz) / 2
+        rows = []
+        for stage in stage_list:
+            layer = base.model[stage]
+            row = {"stage": stage, "type": type(layer).__name__, "prunable": False, "results": []}
+            for ratio in ratio_list:
+                module, stats = _prune_stage(base, stage, ratio, importance, options, seed)
+                result = {"ratio": ratio, "channels_removed": stats.channels_removed, "params": stats.params_after}
+                if stats.channels_removed:
+                    row["prunable"] = True
+                    metrics = validate(module, data_yaml, **val_args)
+                    result.update(metrics, macs_kept=count_gflops(module, imgsz) / 2 / base_macs)
+                else:
+                    result.update(baseline, macs_kept=1.0)
+                result["drop"] = baseline["map50_95"] - result["map50_95"]
+                row["results"].append(result)
+                if verbose:
+                    LOGGER.info(
+                        f"{PREFIX}sensitivity layer {stage} ({row['type']}) ratio {ratio}: "
+                        f"-{stats.channels_removed} channels, mAP50-95 {result['map50_95']:.4f} "
+                        f"(drop {result['drop']:+.4f})"
+                    )
+            rows.append(row)
+    results = {
+        "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+        "data": str(data),
+        "method": str(method).lower(),
+        "imgsz": imgsz,
+        "ratios": ratio_list,
+        "metric": "map50_95",
+        "baseline": baseline,
+        "stages": rows,
+        "machine": machine_info(),
+    }
+    (run_dir / "sensitivity.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "sensitivity.md").write_text(_markdown(results))
+    _plot(results, run_dir / "sensitivity.png")
+    if verbose:
+        LOGGER.info(f"{PREFIX}sensitivity results saved to {run_dir}")
+    return run_dir
+
+
+def _markdown(results: dict) -> str:
+    """Return the results as a Markdown table: mAP50-95 drop (and MACs kept) per layer and ratio."""
+    ratios = results["ratios"]
+    base = results["baseline"]
+    lines = [
+        "# Pruning sensitivity per layer",
+        "",
+        f"Model `{results['model']}`, data `{results['data']}`, method `{results['method']}`, imgsz "
+        f"{results['imgsz']}. Baseline mAP50-95 {base['map50_95']:.4f}, mAP50 {base['map50']:.4f}.",
+        "",
+        "Each cell: mAP50-95 drop when only that layer is pruned at the ratio (MACs kept of the whole model).",
+        "",
+        "| layer | type | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
+        "|---|---|" + "---|" * len(ratios),
+    ]
+    for row in results["stages"]:
+        if row["prunable"]:
+            cells = [f"{r['drop']:+.4f} ({r['macs_kept']:.0%})" for r in row["results"]]
+        else:
+            cells = ["not prunable"] * len(ratios)
+        lines.append(f"| {row['stage']} | {row['type']} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-layer ratios from these results: `yolo_prune.sensitivity.layer_ratios(path, max_drop=0.01)`."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict, path: Path) -> None:
+    """Plot the mAP50-95 drop per layer, one line per ratio."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [row for row in results["stages"] if row["prunable"]]
+    fig = Figure(figsize=(max(6.0, 0.35 * len(rows) + 2), 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = list(range(len(rows)))
+    for k, ratio in enumerate(results["ratios"]):
+        ax.plot(xs, [row["results"][k]["drop"] for row in rows], marker="o", label=f"ratio {ratio:g}")
+    ax.set_xticks(xs, [f"{row['stage']}\n{row['type']}" for row in rows], fontsize=7)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("layer (index in model.model)")
+    ax.set_ylabel("mAP50-95 drop")
+    ax.set_title(f"pruning one layer at a time ({results['method']})")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def layer_ratios(results: dict | str | Path, max_drop: float = 0.01, metric: str = "map50_95") -> dict[int, float]:
+    """Derive per-layer ratios: for each layer, the largest ratio whose drop (and that of every smaller ratio) is small.
+
+    Args:
+        results: The dict written to ``sensitivity.json``, the file, or the run folder holding it.
+        max_drop: Largest accepted absolute drop of ``metric`` (0.01 = one mAP point).
+        metric: ``map50_95`` or ``map50``.
+
+    Returns:
+        ``{layer index: ratio}`` for ``prune(..., layer_ratios=...)``; layers with no acceptable ratio are left out
+        (``prune`` then keeps them whole).
+
+    Raises:
+        ValueError: If the results cannot be read or ``metric`` is unknown.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got '{metric}'")
+    if isinstance(results, (str, Path)):
+        path = Path(results)
+        path = path / "sensitivity.json" if path.is_dir() else path
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read sensitivity results from '{path}': {e}") from None
+    base = results["baseline"][metric]
+    out = {}
+    for row in results["stages"]:
+        if not row["prunable"]:
+            continue
+        best = None
+        for r in sorted(row["results"], key=lambda r: r["ratio"]):
+            drop = base - r[metric]
+            if not math.isfinite(drop) or drop > max_drop:
+                break
+            best = r["ratio"]
+        if best is not None:
+            out[int(row["stage"])] = float(best)
+    return out

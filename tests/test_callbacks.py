@@ -4,11 +4,7 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: nothing may be downloaded
 
-import json  # noqa: E402
 import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -21,6 +17,7 @@ from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file  # noqa: E402
 from ultralytics.utils.patches import torch_load  # noqa: E402
 
 from yolo_prune.callbacks import PROGRESS_ATTR, PruneCallback  # noqa: E402
+from yolo_prune.measure import count_params  # noqa: E402
 from yolo_prune.trainer import PrunedDetectionTrainer  # noqa: E402
 
 TRAIN = {
@@ -35,47 +32,10 @@ TRAIN = {
 }
 
 
-def count_params(module: nn.Module) -> int:
-    """Return the number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
 def mean_abs_bn_scale(module: nn.Module) -> float:
     """Mean |gamma| over all BatchNorm scales of ``module``."""
     gammas = [m.weight.detach().abs().flatten() for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
     return torch.cat(gammas).mean().item()
-
-
-STOCK_LOAD_CHILD = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class NoYoloPrune(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "yolo_prune":
-                raise ImportError("loading the checkpoint tried to import yolo_prune")
-            return None
-
-    sys.meta_path.insert(0, NoYoloPrune())
-    from ultralytics import YOLO
-
-    models = [YOLO(path).model for path in sys.argv[1:]]
-    assert "yolo_prune" not in sys.modules
-    print("RESULT " + json.dumps([sum(p.numel() for p in m.parameters()) for m in models]))
-    """
-)
-
-
-def stock_param_counts(paths: list, tmp_path: Path) -> list:
-    """Load ``paths`` with stock Ultralytics in a fresh process that cannot import yolo_prune; return param counts."""
-    script = tmp_path / "stock_load.py"
-    script.write_text(STOCK_LOAD_CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(script), *map(str, paths)], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -159,7 +119,7 @@ def consistency_checker(record: list):
 
 
 @pytest.mark.slow
-def test_progressive_pruning_inside_model_train(tiny_data, tmp_path):
+def test_progressive_pruning_inside_model_train(tiny_data, tmp_path, stock_param_counts):
     model = YOLO("yolov8n.yaml")
     PruneCallback(ratio=0.5, start_epoch=1, end_epoch=2, steps=2, sparsity=1e-3).attach(model)
     record = []
@@ -179,7 +139,7 @@ def test_progressive_pruning_inside_model_train(tiny_data, tmp_path):
 
     weights = Path(model.trainer.save_dir) / "weights"
     assert count_params(model.model) == after_second  # Model.train() reloaded best.pt: pruned
-    assert stock_param_counts([weights / "best.pt", weights / "last.pt"], tmp_path) == [after_second] * 2
+    assert stock_param_counts([weights / "best.pt", weights / "last.pt"]) == [after_second] * 2
     metrics = YOLO(weights / "best.pt").val(data=tiny_data, imgsz=64, batch=4, plots=False, device="cpu")
     assert math.isfinite(metrics.fitness)
 

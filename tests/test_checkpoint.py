@@ -13,35 +13,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.utils import YAML  # noqa: E402
 
 from yolo_prune.checkpoint import load_yolo, save_checkpoint  # noqa: E402
-
-
-def count_params(module: torch.nn.Module) -> int:
-    """Return the number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
-@pytest.fixture(scope="module")
-def pruned_v5_ckpt(tiny_data, tmp_path_factory):
-    """Return ``(path, pruned_params, unpruned_params)`` of a yolov5nu pruned 50% by stock torch-pruning."""
-    nc = len(YAML.load(tiny_data)["names"])
-    model = DetectionModel("yolov5nu.yaml", nc=nc, verbose=False).eval()
-    unpruned = count_params(model)
-    pruner = tp.pruner.MetaPruner(
-        model,
-        torch.randn(1, 3, 64, 64),
-        tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=0.5,
-        ignored_layers=[model.model[-1]],
-    )
-    pruner.step()
-    path = save_checkpoint(model, tmp_path_factory.mktemp("pruned") / "pruned.pt", yolo_prune={"ratio": 0.5})
-    return path, count_params(model), unpruned
+from yolo_prune.measure import count_params  # noqa: E402
 
 
 def test_load_yolo_accepts_yolo_checkpoint_and_yaml(pruned_v5_ckpt):

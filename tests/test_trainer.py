@@ -12,7 +12,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
@@ -20,32 +19,10 @@ from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file  # noqa: E402
 from ultralytics.utils.patches import torch_load  # noqa: E402
 
 from yolo_prune.checkpoint import save_checkpoint  # noqa: E402
+from yolo_prune.measure import count_params  # noqa: E402
 from yolo_prune.trainer import PrunedDetectionTrainer  # noqa: E402
 
 TINY = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "device": "cpu", "exist_ok": True}
-
-
-def count_params(module: torch.nn.Module) -> int:
-    """Return the number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
-@pytest.fixture(scope="module")
-def pruned_v5_ckpt(tiny_data, tmp_path_factory):
-    """Return ``(path, pruned_params, unpruned_params)`` of a yolov5nu pruned 50% by stock torch-pruning."""
-    nc = len(YAML.load(tiny_data)["names"])
-    model = DetectionModel("yolov5nu.yaml", nc=nc, verbose=False).eval()
-    unpruned = count_params(model)
-    pruner = tp.pruner.MetaPruner(
-        model,
-        torch.randn(1, 3, 64, 64),
-        tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=0.5,
-        ignored_layers=[model.model[-1]],
-    )
-    pruner.step()
-    path = save_checkpoint(model, tmp_path_factory.mktemp("pruned") / "pruned.pt", yolo_prune={"ratio": 0.5})
-    return path, count_params(model), unpruned
 
 
 def record_sizes(sizes: dict):
@@ -59,40 +36,10 @@ def record_sizes(sizes: dict):
     return callback
 
 
-STOCK_LOAD_CHILD = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class BlockYoloPrune(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "yolo_prune":
-                raise ImportError("yolo_prune must not be needed to load a pruned checkpoint")
-            return None
-
-    sys.meta_path.insert(0, BlockYoloPrune())
-    from ultralytics import YOLO
-
-    counts = [sum(p.numel() for p in YOLO(path).model.parameters()) for path in sys.argv[1:]]
-    assert "yolo_prune" not in sys.modules
-    print("RESULT " + json.dumps(counts))
-    """
-)
-
-
-def stock_param_counts(paths: list, tmp_path: Path) -> list:
-    """Load ``paths`` with stock Ultralytics in a fresh process that cannot import yolo_prune; return param counts."""
-    script = tmp_path / "stock_load_child.py"
-    script.write_text(STOCK_LOAD_CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(script), *map(str, paths)], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.split("RESULT ", 1)[1])
-
-
 @pytest.mark.slow
-def test_stock_trainer_unprunes_but_pruned_trainer_keeps_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_path):
+def test_stock_trainer_unprunes_but_pruned_trainer_keeps_the_pruned_model(
+    pruned_v5_ckpt, tiny_data, tmp_path, stock_param_counts
+):
     path, pruned, unpruned = pruned_v5_ckpt
     stock = YOLO(path)
     stock.train(data=tiny_data, project=str(tmp_path), name="stock", val=False, **TINY)
@@ -105,7 +52,7 @@ def test_stock_trainer_unprunes_but_pruned_trainer_keeps_the_pruned_model(pruned
     assert sizes == {"model": pruned, "ema": pruned, "optimizer": pruned}
     assert count_params(ours.model) == pruned
     weights = tmp_path / "ours" / "weights"
-    assert stock_param_counts([weights / "best.pt", weights / "last.pt"], tmp_path) == [pruned, pruned]
+    assert stock_param_counts([weights / "best.pt", weights / "last.pt"]) == [pruned, pruned]
 
 
 class StopAfterFirstEpoch(Exception):

@@ -105,3 +105,20 @@ def stock_param_counts(tmp_path) -> Callable[[list], list[int]]:
         return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Paths of a yolov8n checkpoint and a narrower one (width 0.125, as pruning would leave it)."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import yaml_model_load
+
+    folder = tmp_path_factory.mktemp("models")
+    big, small = folder / "v8n.pt", folder / "v8n_narrow.pt"
+    YOLO("yolov8n.yaml").save(big)
+    cfg = yaml_model_load("yolov8n.yaml")
+    cfg["scales"] = {"n": [0.33, 0.125, 1024]}
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel(cfg, verbose=False)
+    yolo.save(small)
+    return big, small

@@ -17,31 +17,15 @@ from yolo_prune.bench import BENCH_DEFAULTS, parse_bench_args, run_bench  # noqa
 IMGSZ = 64
 
 
-def save_tiny_models(folder: Path) -> tuple[Path, Path]:
-    """Save yolov8n and a narrower yolov8n (width 0.125) as Ultralytics checkpoints."""
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
-    folder.mkdir(parents=True, exist_ok=True)
-    big, small = folder / "v8n.pt", folder / "v8n_narrow.pt"
-    YOLO("yolov8n.yaml").save(big)
-    cfg = yaml_model_load("yolov8n.yaml")
-    cfg["scales"] = {"n": [0.33, 0.125, 1024]}
-    yolo = YOLO("yolov8n.yaml")
-    yolo.model = DetectionModel(cfg, verbose=False)
-    yolo.save(small)
-    return big, small
-
-
 def sha256(path: Path) -> str:
     """Return the hex SHA-256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_bench_two_models_with_failures(tmp_path, tiny_data):
+def test_bench_two_models_with_failures(tmp_path, tiny_data, tiny_models):
     """Bench writes all four files with finite numbers, records failures per row and leaves the inputs alone."""
-    big, small = save_tiny_models(tmp_path / "models")
-    missing = tmp_path / "models" / "missing.pt"
+    big, small = tiny_models
+    missing = big.parent / "missing.pt"
     hashes = {p: sha256(p) for p in (big, small)}
     listing = sorted(p.name for p in big.parent.iterdir())
 

@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported
 
 import math  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -26,28 +25,6 @@ from yolo_prune.measure import (  # noqa: E402
 
 IMGSZ = 64
 LATENCY_KEYS = {"median_ms", "p10_ms", "p90_ms", "runs", "threads", "device"}
-
-
-def save_tiny_models(folder: Path) -> tuple[Path, Path]:
-    """Save yolov8n and a narrower yolov8n (width 0.125, as pruning would leave it) as Ultralytics checkpoints."""
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
-    folder.mkdir(parents=True, exist_ok=True)
-    big, small = folder / "v8n.pt", folder / "v8n_narrow.pt"
-    YOLO("yolov8n.yaml").save(big)
-    cfg = yaml_model_load("yolov8n.yaml")
-    cfg["scales"] = {"n": [0.33, 0.125, 1024]}
-    yolo = YOLO("yolov8n.yaml")
-    yolo.model = DetectionModel(cfg, verbose=False)
-    yolo.save(small)
-    return big, small
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """Paths of a yolov8n checkpoint and a narrower one."""
-    return save_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def test_counts_smaller_model_and_no_side_effects(tiny_models):

@@ -17,7 +17,7 @@ from .checkpoint import load_yolo
 from .importance import collect_gradients, get_importance, needs_gradients
 from .rules import TracingPlan, check_supported, prepare_for_tracing
 
-__all__ = ["PruneStats", "check_layer_ratios", "check_ratio", "prune", "prune_detection_model"]
+__all__ = ["PruneStats", "check_fraction", "check_layer_ratios", "check_ratio", "prune", "prune_detection_model"]
 
 PREFIX = colorstr("yolo-prune: ")
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the rounding thresholds of staggered rounding evenly over [0, 1)
@@ -42,15 +42,29 @@ class PruneStats:
     params_after: int
 
 
+def check_fraction(value: float, name: str, meaning: str, zero_ok: bool, one_ok: bool) -> float:
+    """Return ``value`` as a float in the interval ``[0|(0, 1]|1)``, or raise a one-line ``ValueError``.
+
+    Args:
+        value: The user's value.
+        name: Argument name for the message.
+        meaning: What the number means, for the message.
+        zero_ok: Whether 0 is allowed.
+        one_ok: Whether 1 is allowed.
+    """
+    interval = f"{'[' if zero_ok else '('}0, 1{']' if one_ok else ')'}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}") from None
+    if not ((0.0 <= number if zero_ok else 0.0 < number) and (number <= 1.0 if one_ok else number < 1.0)):
+        raise ValueError(f"{name} must be in {interval} ({meaning}), got {number}")
+    return number
+
+
 def check_ratio(ratio: float) -> float:
     """Return ``ratio`` as a float in [0, 1), or raise a one-line ``ValueError``."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"ratio must be in [0, 1) (the fraction of prunable channels removed), got {value}")
-    return value
+    return check_fraction(ratio, "ratio", "the fraction of prunable channels removed", zero_ok=True, one_ok=False)
 
 
 def check_layer_ratios(layer_ratios: Mapping[int, float] | None) -> dict[int, float]:
@@ -71,13 +85,8 @@ def check_layer_ratios(layer_ratios: Mapping[int, float] | None) -> dict[int, fl
 
 def _check_max_ratio(max_ratio: float) -> float:
     """Return ``max_ratio`` as a float in (0, 1], or raise a one-line ``ValueError``."""
-    try:
-        value = float(max_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"max_ratio must be a number in (0, 1], got {max_ratio!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"max_ratio must be in (0, 1] (the largest fraction of one group removed), got {value}")
-    return value
+    meaning = "the largest fraction of one group removed"
+    return check_fraction(max_ratio, "max_ratio", meaning, zero_ok=False, one_ok=True)
 
 
 def _keep_count(channels: int, ratio: float, round_to: int, min_channels: int, phase: float = 0.0) -> int:

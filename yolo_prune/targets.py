@@ -75,13 +75,9 @@ class TargetSearch:
 
 def check_target(value: float, name: str) -> float:
     """Return ``value`` as a float in (0, 1], or raise a one-line ``ValueError`` naming the argument."""
-    try:
-        target = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from None
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1] (the fraction of the unpruned cost to keep), got {target}")
-    return target
+    from .prune import check_fraction
+
+    return check_fraction(value, name, "the fraction of the unpruned cost to keep", zero_ok=False, one_ok=True)
 
 
 def check_backend(backend: str) -> str:

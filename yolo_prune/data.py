@@ -37,7 +37,7 @@ __all__ = [
     "resolve_data",
 ]
 
-GENERATOR_VERSION = 1  # bump whenever the pixels or labels produced for given parameters change
+GENERATOR_VERSION = 2  # bump whenever the pixels or labels produced for given parameters change
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 
 # Single source of truth for the built-in datasets: name -> make_shapes_dataset() keyword arguments.
@@ -52,8 +52,11 @@ DATA_YAML = "data.yaml"
 INFO_FILE = "generator.json"
 JPEG_QUALITY = 90
 MIN_VISIBLE = 0.6  # every labelled object keeps at least this fraction of its pixels visible (occlusion, borders)
-SIZE_RANGE = (0.06, 0.45)  # object diameter as a fraction of the image side (log-uniform)
-MAX_OBJECTS = 8
+SIZE_RANGE = (0.12, 0.5)  # object diameter as a fraction of the image side (log-uniform)
+MAX_OBJECTS = 5  # 1 to MAX_OBJECTS objects per image (fewer when no acceptable place is found)
+BACKGROUND_LINES = (0, 6)  # clutter behind the objects: straight lines, [low, high) per image
+BACKGROUND_ARCS = (0, 3)  # clutter behind the objects: open arcs, [low, high) per image
+FRONT_LINES = (0, 2)  # thin lines drawn in front of the objects, [low, high) per image
 
 
 def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -129,11 +132,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     blotches = rng.normal(0, rng.uniform(10, 45), (k, k, 3)).astype(np.float32)
     small = c0 + (c1 - c0) * g + cv2.resize(blotches, (mid, mid), interpolation=cv2.INTER_CUBIC)
     img = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(2, 12))):  # clutter: straight lines
+    for _ in range(int(rng.integers(*BACKGROUND_LINES))):  # clutter: straight lines
         p = rng.integers(-size // 4, size + size // 4, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 4))):  # clutter: open arcs (never a full closed contour)
+    for _ in range(int(rng.integers(*BACKGROUND_ARCS))):  # clutter: open arcs (never a full closed contour)
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
         axes = tuple(int(v) for v in rng.integers(size // 20 + 1, size // 4 + 2, 2))
         start = float(rng.uniform(0, 360))
@@ -205,7 +208,7 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
         classes.append(cls)
         areas.append(area)
         rects.append((ix0, iy0, ix1, iy1))
-    for _ in range(int(rng.integers(0, 3))):  # a few thin lines in front of the objects
+    for _ in range(int(rng.integers(*FRONT_LINES))):  # a few thin lines in front of the objects
         p = rng.integers(0, size, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, 1, cv2.LINE_AA)

@@ -204,7 +204,7 @@ def usage(command: str | None = None) -> str:
             f"  defaults (plus any prune argument):\n{_defaults_text(DEMO_DEFAULTS)}"
         ),
         "sensitivity": (
-            "Per-layer pruning sensitivity analysis (when available in this version).\n"
+            "Prune each layer alone at a few ratios, validate, and write a table and plot of mAP drop per layer.\n"
             f"  example: {PROG} sensitivity model=best.pt data=data.yaml"
         ),
         "help": f"Show this help; '{PROG} help <command>' for one command.",

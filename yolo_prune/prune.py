@@ -145,8 +145,7 @@ def _twin_units(
 
 def _min_keep(channels: int, round_to: int, min_channels: int, max_ratio: float) -> int:
     """Fewest channels a group may keep under global allocation: ``min_channels``, ``max_ratio`` and ``round_to``."""
-    floor = math.ceil(channels * (1.0 - max_ratio) / round_to) * round_to
-    return min(channels, max(floor, min_channels, round_to))
+    return _keep_count(channels, max_ratio, round_to, max(min_channels, round_to))
 
 
 def _global_counts(

@@ -8,13 +8,13 @@ Examples:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from yolo_prune.measure import measure_model, new_row
-from yolo_prune.report import format_table, write_report
+from .args import did_you_mean, is_none
+from .measure import measure_model, new_row
+from .report import format_table, write_report
 
 __all__ = ["BENCH_DEFAULTS", "parse_bench_args", "run_bench"]
 
@@ -60,12 +60,11 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, BENCH_DEFAULTS, n=1)
-            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            hints.append(f"'{k}'{did_you_mean(k, BENCH_DEFAULTS)}")
         raise ValueError(f"unknown bench argument(s) {', '.join(hints)}; valid: {', '.join(BENCH_DEFAULTS)}")
     args = {**BENCH_DEFAULTS, **overrides}
     for k in ("data", "threads"):
-        if isinstance(args[k], str) and args[k].strip().lower() in {"", "none", "null"}:
+        if is_none(args[k]):
             args[k] = None
     for k in _INT_KEYS:
         if args[k] is not None:

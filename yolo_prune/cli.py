@@ -13,13 +13,14 @@ where the last good model is.
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .args import did_you_mean
 
 __all__ = ["COMMANDS", "entrypoint", "parse_key_values"]
 
@@ -69,9 +70,7 @@ def _check_keys(args: dict[str, Any], valid: dict[str, Any], command: str) -> No
     """Raise a UsageError naming the closest valid key for any key not in ``valid``."""
     for key in args:
         if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"unknown {command} argument '{key}'{hint}; valid: {', '.join(valid)}")
+            raise UsageError(f"unknown {command} argument '{key}'{did_you_mean(key, valid)}; valid: {', '.join(valid)}")
 
 
 def _command_line(argv: list[str]) -> str:
@@ -251,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, tokens = argv[0], argv[1:]
     if command not in COMMANDS:
-        close = difflib.get_close_matches(command, [*COMMANDS, "help", "version"], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(command, [*COMMANDS, "help", "version"])
         return _error(f"unknown command '{command}'{hint}; commands: {', '.join(COMMANDS)}, help, version", 2)
     if any(t in {"-h", "--help", "help"} for t in tokens):
         print(usage(command))

@@ -28,14 +28,14 @@ Examples:
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from .args import did_you_mean, is_none
 
 __all__ = [
     "PRUNE_DEFAULTS",
@@ -97,12 +97,6 @@ class PruneInterrupted(KeyboardInterrupt):
         )
 
 
-def _closest(key: str, valid: Iterable[str]) -> str:
-    """Return `` (did you mean 'x'?)`` for the closest valid key, or an empty string."""
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _as_int(key: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an int >= ``minimum`` or raise a one-line ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -125,11 +119,6 @@ def _as_float(key: str, value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{key}={value!r} must be a number")
     return number
-
-
-def _is_none(value: Any) -> bool:
-    """True for None and the strings a user types for it."""
-    return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"})
 
 
 def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +151,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     for key in overrides:
         if key not in PRUNE_DEFAULTS:
             valid = [*PRUNE_DEFAULTS, *(k for k in DEFAULT_CFG_DICT if k not in RESERVED_TRAIN_KEYS)]
-            raise ValueError(f"unknown argument '{key}'{_closest(key, valid)}; see 'yolo-prune help'")
+            raise ValueError(f"unknown argument '{key}'{did_you_mean(key, valid)}; see 'yolo-prune help'")
     bad = sorted(set(train_args) & RESERVED_TRAIN_KEYS)
     if bad:
         raise ValueError(f"argument '{bad[0]}' is not supported by yolo-prune prune (the pipeline sets it itself)")
@@ -173,7 +162,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
 
     args = {**PRUNE_DEFAULTS, **overrides}
     for key in ("model", "data"):
-        if _is_none(args[key]):
+        if is_none(args[key]):
             raise ValueError(
                 f"missing required argument {key}=...; e.g. 'yolo-prune prune model=best.pt data=data.yaml'"
             )
@@ -181,8 +170,8 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["ratio"] = check_ratio(args["ratio"])
     for key, minimum in _INT_KEYS.items():
         args[key] = _as_int(key, args[key], minimum)
-    args["threads"] = None if _is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
-    if _is_none(args["max_map_drop"]):
+    args["threads"] = None if is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
+    if is_none(args["max_map_drop"]):
         args["max_map_drop"] = None
     else:
         args["max_map_drop"] = _as_float("max_map_drop", args["max_map_drop"])

@@ -1,0 +1,25 @@
+"""Small helpers for checking ``key=value`` arguments, shared by the CLI and the commands it runs."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["did_you_mean", "is_none"]
+
+
+def did_you_mean(key: str, valid: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the closest name in ``valid``, or an empty string.
+
+    Examples:
+        >>> did_you_mean("ratoi", ["ratio", "steps"])
+        " (did you mean 'ratio'?)"
+    """
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def is_none(value: Any) -> bool:
+    """True for None and the strings a user types for it (``''``, ``none``, ``null``)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"})

@@ -44,6 +44,7 @@ from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
 from .importance import IMPORTANCE_METHODS, collect_gradients, get_importance, needs_gradients
+from .measure import count_params
 from .prune import check_ratio, prune_detection_model
 from .trainer import PrunedDetectionTrainer
 
@@ -54,11 +55,6 @@ PROGRESS_ATTR = "pruning_progress"  # plain dict on the model: survives checkpoi
 SPARSE_MODES = ("bn",)
 SPARSE_SCHEDULES = ("constant", "linear", "ramp")
 MAX_PASSES = 4  # pruning passes per step, to reach the cumulative target despite rounding
-
-
-def _count(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
 
 
 class PruneCallback:
@@ -254,7 +250,7 @@ class PruneCallback:
         model = unwrap_model(trainer.model)
         progress = getattr(model, PROGRESS_ATTR, None)
         if not (trainer.resume and isinstance(progress, dict)):  # a new run: the given model is the "original"
-            setattr(model, PROGRESS_ATTR, {"steps": 0, "params_original": _count(model)})
+            setattr(model, PROGRESS_ATTR, {"steps": 0, "params_original": count_params(model)})
 
     def on_train_start(self, trainer: BaseTrainer) -> None:
         """Log the plan and install the sparsity penalty in this trainer's ``optimizer_step``."""
@@ -279,7 +275,7 @@ class PruneCallback:
         if not isinstance(progress, dict) or due <= progress["steps"]:
             return
         trainer.optimizer.zero_grad()  # no half-accumulated gradient carries over to the new tensors
-        before = _count(model)
+        before = count_params(model)
         removed = self._prune_to_step(trainer, model, progress, due)
         self._rebuild_training_state(trainer, model)
         LOGGER.info(
@@ -340,7 +336,7 @@ class PruneCallback:
                 break
         progress.setdefault("channels_original", progress.get("channels", 0))
         progress.setdefault("channels", progress["channels_original"])
-        progress.setdefault("params", _count(model))
+        progress.setdefault("params", count_params(model))
         progress["steps"] = due
         return removed
 

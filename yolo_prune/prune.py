@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -17,7 +18,15 @@ from .checkpoint import load_yolo
 from .importance import collect_gradients, get_importance, needs_gradients
 from .rules import TracingPlan, check_supported, prepare_for_tracing
 
-__all__ = ["PruneStats", "check_fraction", "check_layer_ratios", "check_ratio", "prune", "prune_detection_model"]
+__all__ = [
+    "PruneStats",
+    "check_fraction",
+    "check_layer_ratios",
+    "check_ratio",
+    "prune",
+    "prune_detection_model",
+    "prune_seeded",
+]
 
 PREFIX = colorstr("yolo-prune: ")
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # spreads the rounding thresholds of staggered rounding evenly over [0, 1)
@@ -375,6 +384,23 @@ def prune_detection_model(
     )
 
 
+def prune_seeded(
+    model: nn.Module, ratio: float, importance: tp.importance.Importance, seed: int, **options: Any
+) -> PruneStats:
+    """Run `prune_detection_model` with torch seeded by ``seed`` (random criteria); the global RNG is restored.
+
+    Args:
+        model: The detection model; changed in place.
+        ratio: As in `prune_detection_model`.
+        importance: As in `prune_detection_model`.
+        seed: Seed for the duration of the call.
+        **options: Further keyword arguments of `prune_detection_model`.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return prune_detection_model(model, ratio, importance, **options)
+
+
 def _copy_yolo(yolo: YOLO) -> YOLO:
     """Deep-copy a ``YOLO`` wrapper (model included) without its cached predictor or trainer."""
     held = yolo.predictor, yolo.trainer
@@ -503,9 +529,7 @@ def prune(
     }
 
     def prune_module(module: nn.Module, value: float) -> PruneStats:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return prune_detection_model(module, value, importance, **options)
+        return prune_seeded(module, value, importance, seed, **options)
 
     info: dict = {
         "method": str(method).lower(),

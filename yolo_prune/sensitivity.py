@@ -92,13 +92,10 @@ def _prune_stage(
     base: torch.nn.Module, stage: int, ratio: float, importance: Any, options: dict, seed: int
 ) -> tuple[torch.nn.Module, Any]:
     """Return a pruned copy of ``base`` in which only groups rooted in ``stage`` lost ``ratio`` of their channels."""
-    from .prune import prune_detection_model
+    from .prune import prune_seeded
 
     module = copy.deepcopy(base)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        stats = prune_detection_model(module, 0.0, importance, layer_ratios={stage: ratio}, **options)
-    return module, stats
+    return module, prune_seeded(module, 0.0, importance, seed, layer_ratios={stage: ratio}, **options)
 
 
 def run_sensitivity(

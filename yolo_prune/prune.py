@@ -539,8 +539,18 @@ def prune(
     }
     if target:
         kind, wanted = next(iter(target.items()))
-        cost = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=latency_runs, threads=latency_threads)
+        meter = cost_meter(
+            kind, imgsz=imgsz, backend=backend, device=device, runs=latency_runs, threads=latency_threads
+        )
+        base_cost = meter(pruned.model)
+        base_params = sum(p.numel() for p in pruned.model.parameters())
         found: dict[float, PruneStats] = {}
+
+        def cost(module: nn.Module) -> float:
+            # A candidate that lost no channel is the unpruned network: its cost is the base cost, not a noisy
+            # re-measurement that could pass a latency target by chance.
+            unchanged = sum(p.numel() for p in module.parameters()) == base_params
+            return base_cost if unchanged else meter(module)
 
         def prune_copy(value: float) -> nn.Module:
             module = copy.deepcopy(pruned.model)
@@ -548,7 +558,7 @@ def prune(
             return module
 
         search, pruned.model = search_ratio(
-            prune_copy, cost, cost(pruned.model), wanted, kind=kind, max_ratio=0.95, verbose=verbose
+            prune_copy, cost, base_cost, wanted, kind=kind, max_ratio=0.95, verbose=verbose
         )
         ratio, stats = search.ratio, found[search.ratio]
         info["target"] = search.as_dict()

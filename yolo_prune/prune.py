@@ -416,6 +416,48 @@ def _describe(stats: PruneStats) -> dict:
     return dict(stats.__dict__)
 
 
+def _allocate(
+    pruned: YOLO,
+    curves: list,
+    kind: str,
+    wanted: float | None,
+    ratio: float,
+    importance: tp.importance.Importance,
+    seed: int,
+    options: dict,
+    imgsz: int,
+    backend: str,
+    device: str,
+    runs: int,
+    threads: int | None,
+    verbose: bool,
+) -> tuple[Any, PruneStats]:
+    """Prune ``pruned.model`` in place with per-layer ratios allocated from ``curves`` to meet the cost target.
+
+    Without a target (``wanted`` None), the target is the MACs that uniform pruning at ``ratio`` keeps.
+    Returns the `yolo_prune.allocate.Allocation` and the stats of the final pruning pass.
+    """
+    from .allocate import allocate
+    from .targets import cost_meter
+
+    meter = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=runs, threads=threads)
+    base_cost = meter(pruned.model)
+    layer_options = {**options, "layer_ratios": None, "staggered": False}
+
+    def pruned_copy(layer_ratios: dict[int, float] | None, uniform: float = 0.0) -> nn.Module:
+        module = copy.deepcopy(pruned.model)
+        prune_seeded(module, uniform, importance, seed, **{**layer_options, "layer_ratios": layer_ratios})
+        return module
+
+    if wanted is None:
+        wanted = meter(pruned_copy(None, ratio)) / base_cost
+        if verbose:
+            LOGGER.info(f"{PREFIX}uniform ratio {ratio:g} keeps {wanted:.1%} of the {kind}: allocating that budget")
+    allocation = allocate(curves, lambda r: meter(pruned_copy(r)) / base_cost, wanted, verbose=verbose)
+    stats = prune_seeded(pruned.model, 0.0, importance, seed, **{**layer_options, "layer_ratios": allocation.ratios})
+    return allocation, stats
+
+
 def prune(
     model: YOLO | str,
     ratio: float | None = None,
@@ -439,6 +481,7 @@ def prune(
     staggered: bool = False,
     latency_runs: int = 30,
     latency_threads: int | None = None,
+    sensitivity: dict | str | None = None,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
@@ -473,6 +516,11 @@ def prune(
         latency_runs: Timed runs per latency measurement of ``target_latency`` (after 5 untimed ones).
         latency_threads: CPU threads for those measurements (default: every usable core; 1 is far steadier on a
             machine shared with other jobs).
+        sensitivity: Per-layer sensitivity results (``sensitivity.json``, its run folder, or the dict; from
+            ``yolo_prune.sensitivity.run_sensitivity``). Instead of removing the same fraction of every layer, the
+            layers' ratios are allocated from the measured curves (``yolo_prune.allocate``) so that the target (or,
+            with ``ratio``, the MACs that uniform pruning at ``ratio`` would keep) is met with the least predicted
+            mAP loss.
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
@@ -487,6 +535,7 @@ def prune(
         >>> pruned = prune("best.pt", method="taylor", data="data.yaml", target_macs=0.5, global_pruning=True)
         >>> pruned.prune_info["target"]["achieved"]  # measured MACs ratio, <= 0.5
         >>> pruned.save("yolo11n-pruned.pt")
+        >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # measured allocation
     """
     from .targets import check_backend, check_target, cost_meter, search_ratio
 
@@ -504,6 +553,15 @@ def prune(
     layers = check_layer_ratios(layer_ratios)
     if global_pruning and layers:
         raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
+    if sensitivity is not None and (layers or global_pruning):
+        raise ValueError(
+            "sensitivity allocates the ratio of every layer: do not combine it with layer_ratios or global_pruning"
+        )
+    curves = None
+    if sensitivity is not None:
+        from .allocate import curves_from_sensitivity
+
+        curves = curves_from_sensitivity(sensitivity)
     ratio = check_ratio((0.0 if layers else 0.5) if ratio is None else ratio)
     max_ratio = _check_max_ratio(max_ratio)
     if needs_gradients(method) and data is None:
@@ -537,7 +595,29 @@ def prune(
         "staggered": options["staggered"],
         "round_to": round_to,
     }
-    if target:
+    if curves is not None:
+        kind, wanted = next(iter(target.items())) if target else ("macs", None)
+        allocation, stats = _allocate(
+            pruned,
+            curves,
+            kind,
+            wanted,
+            ratio,
+            importance,
+            seed,
+            options,
+            imgsz,
+            backend,
+            device,
+            latency_runs,
+            latency_threads,
+            verbose,
+        )
+        ratio, layers = 0.0, allocation.ratios
+        info["allocation"] = {"kind": kind, **allocation.as_dict()}
+        if target:
+            info["target"] = {"kind": kind, "target": wanted, "achieved": allocation.achieved}
+    elif target:
         kind, wanted = next(iter(target.items()))
         meter = cost_meter(
             kind, imgsz=imgsz, backend=backend, device=device, runs=latency_runs, threads=latency_threads
@@ -570,7 +650,10 @@ def prune(
     pruned.prune_info = info
     if verbose:
         reached = ""
-        if "target" in info:
+        if "allocation" in info:
+            a = info["allocation"]
+            reached = f", sensitivity allocation over {len(a['ratios'])} layers -> kept {a['achieved']:.1%}"
+        elif "target" in info:
             t = info["target"]
             reached = f", target {t['kind']}={t['target']} -> kept {t['achieved']:.1%}"
         LOGGER.info(

@@ -7,6 +7,10 @@ read. Layout of a run folder::
         weights/pruned.pt           pruned, not fine-tuned, FP32 (written before any training)
         weights/step<k>-pruned.pt   per-step pruned models when steps > 1
         weights/best.pt, last.pt    the final fine-tuned model (copies of the chosen step's trainer output)
+        weights/input.pt            the input model, FP32, when a sparse-training stage runs first
+        sensitivity/                the per-layer sensitivity scan (allocation=sensitivity): reusable with
+                                    sensitivity=<run>/sensitivity for the same model
+        sparse/                     the sparse-training run (sparse_epochs > 0)
         step<k>/                    the Ultralytics trainer's own run for step k (weights/last.pt saved every epoch)
         measure/                    validation and ONNX exports of the measured models
         report.json, report.md, results.csv, pareto.png
@@ -21,7 +25,7 @@ the fine-tune with the pruned trainer (the stock one would rebuild the unpruned 
 
 Examples:
     >>> from yolo_prune.pipeline import run_prune
-    >>> run_dir = run_prune(model="best.pt", data="data.yaml", ratio=0.5, steps=2, epochs=10, imgsz=320)
+    >>> run_dir = run_prune(model="best.pt", data="data.yaml", target_macs=0.5, epochs=10, imgsz=320, distill=True)
     >>> (run_dir / "weights" / "best.pt").is_file()
     True
 """
@@ -38,6 +42,8 @@ from typing import Any
 from .args import did_you_mean, is_none
 
 __all__ = [
+    "ALLOCATIONS",
+    "FINETUNE_DEFAULTS",
     "PRUNE_DEFAULTS",
     "PruneInterrupted",
     "budget_exceeded",
@@ -50,14 +56,23 @@ __all__ = [
 PRUNE_DEFAULTS: dict[str, Any] = {
     "model": None,  # required: local .pt checkpoint (or a model yaml for a randomly initialised net)
     "data": None,  # required: dataset yaml, or a built-in name (shapes.yaml, shapes-tiny.yaml)
-    "ratio": 0.5,  # final fraction of the original prunable channels removed, in [0, 1)
-    "steps": 1,  # pruning rounds toward ratio, each followed by `epochs` of fine-tuning
+    "target_macs": None,  # keep at most this fraction of the MACs (default 0.5, i.e. 2x fewer, when ratio is unset)
+    "ratio": None,  # or: the MACs that uniform pruning of this fraction of the channels keeps, in [0, 1)
+    "allocation": "sensitivity",  # how layers share the cut: sensitivity (measured), uniform, global
+    "sensitivity": None,  # reuse a sensitivity.json (or its folder) from an earlier run of the same model
+    "scan_ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone, by the sensitivity scan
+    "scan_images": 200,  # validation images used by the sensitivity scan (None = all)
+    "steps": 1,  # pruning rounds toward the target, each followed by `epochs` of fine-tuning
     "epochs": 10,  # fine-tuning epochs per step; 0 = prune only
+    "distill": False,  # fine-tune with knowledge distillation from the unpruned input model (Ultralytics distill_model)
+    "distill_model": None,  # another teacher checkpoint for distillation (implies distill=True)
+    "sparse_epochs": 0,  # train the model this many epochs with a sparsity penalty before pruning
+    "sparsity": 1e-4,  # strength of that penalty (L1 on BatchNorm scales)
     "imgsz": 640,  # training, validation, GFLOPs and latency image size
     "batch": 16,  # training and validation batch size
     "device": "cpu",
     "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
-    "global_pruning": False,  # rank channels across layers instead of removing `ratio` of every layer
+    "global_pruning": False,  # same as allocation=global (kept for compatibility)
     "round_to": 8,  # kept widths are multiples of this
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
     "backends": "torch",  # latency backends: torch, onnx (comma-separated)
@@ -68,13 +83,26 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "project": "runs/prune",
     "name": "exp",
 }
+ALLOCATIONS = ("sensitivity", "uniform", "global")
+# Fine-tuning defaults that differ from Ultralytics' (made for training from scratch); any can be overridden
+FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 0.5, "warmup_bias_lr": 0.0}
 
 # Ultralytics keys that the pipeline sets itself, or that would break it
 RESERVED_TRAIN_KEYS = frozenset(
     {"model", "data", "epochs", "imgsz", "batch", "device", "project", "name", "exist_ok", "mode", "task"}
     | {"resume", "pretrained", "cfg", "save_dir"}
 )
-_INT_KEYS = {"steps": 1, "epochs": 0, "imgsz": 32, "batch": 1, "round_to": 1, "runs": 1, "warmup": 0, "seed": 0}
+_INT_KEYS = {
+    "steps": 1,
+    "epochs": 0,
+    "imgsz": 32,
+    "batch": 1,
+    "round_to": 1,
+    "runs": 1,
+    "warmup": 0,
+    "seed": 0,
+    "sparse_epochs": 0,
+}
 
 
 class PruneInterrupted(KeyboardInterrupt):
@@ -145,6 +173,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     from .importance import IMPORTANCE_METHODS
     from .measure import resolve_backends
     from .prune import check_ratio
+    from .targets import check_target
 
     overrides = dict(overrides)
     train_args = {k: overrides.pop(k) for k in list(overrides) if k not in PRUNE_DEFAULTS and k in DEFAULT_CFG_DICT}
@@ -167,7 +196,14 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
                 f"missing required argument {key}=...; e.g. 'yolo-prune prune model=best.pt data=data.yaml'"
             )
         args[key] = str(args[key])
-    args["ratio"] = check_ratio(args["ratio"])
+    if not is_none(args["ratio"]) and not is_none(args["target_macs"]):
+        raise ValueError("give ratio= or target_macs=, not both")
+    args["ratio"] = None if is_none(args["ratio"]) else check_ratio(args["ratio"])
+    if args["ratio"] is None:
+        target = 0.5 if is_none(args["target_macs"]) else args["target_macs"]
+        args["target_macs"] = check_target(target, "target_macs")
+    else:
+        args["target_macs"] = None
     for key, minimum in _INT_KEYS.items():
         args[key] = _as_int(key, args[key], minimum)
     args["threads"] = None if is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
@@ -181,8 +217,23 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     if method not in IMPORTANCE_METHODS:
         raise ValueError(f"unknown method '{args['method']}'; choose one of {', '.join(IMPORTANCE_METHODS)}")
     args["method"] = method
-    if not isinstance(args["global_pruning"], bool):
-        raise ValueError(f"global_pruning={args['global_pruning']!r} must be True or False")
+    for key in ("global_pruning", "distill"):
+        if not isinstance(args[key], bool):
+            raise ValueError(f"{key}={args[key]!r} must be True or False")
+    allocation = str(args["allocation"]).lower()
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation '{args['allocation']}'; choose one of {', '.join(ALLOCATIONS)}")
+    args["allocation"] = "global" if args["global_pruning"] else allocation
+    args["sensitivity"] = None if is_none(args["sensitivity"]) else str(args["sensitivity"])
+    if args["sensitivity"] is not None and args["allocation"] != "sensitivity":
+        raise ValueError(f"sensitivity= is used by allocation=sensitivity, not allocation={args['allocation']}")
+    args["scan_ratios"] = _check_scan_ratios(args["scan_ratios"])
+    args["scan_images"] = None if is_none(args["scan_images"]) else _as_int("scan_images", args["scan_images"], 1)
+    args["distill_model"] = None if is_none(args["distill_model"]) else str(args["distill_model"])
+    args["distill"] = args["distill"] or args["distill_model"] is not None
+    args["sparsity"] = _as_float("sparsity", args["sparsity"])
+    if args["sparsity"] < 0:
+        raise ValueError(f"sparsity={args['sparsity']} must be >= 0")
     args["device"] = str(args["device"])
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
@@ -195,6 +246,18 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"name={args['name']!r} must be a plain folder name (use project= for the parent folder)")
     args["train_args"] = train_args
     return args
+
+
+def _check_scan_ratios(value: Any) -> tuple[float, ...]:
+    """Return the sensitivity scan's ratios as a sorted tuple of numbers in (0, 1), or raise a one-line ValueError."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        ratios = sorted({float(str(v).strip("[]() ")) for v in items if str(v).strip("[]() ")})
+    except ValueError:
+        ratios = []
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise ValueError(f"scan_ratios={value!r} must be numbers in (0, 1), e.g. scan_ratios=0.3,0.5,0.7")
+    return tuple(ratios)
 
 
 def step_ratio(ratio: float, steps: int) -> float:
@@ -308,23 +371,27 @@ def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir
     return row
 
 
-def _fine_tune(ckpt: Path, run_dir: Path, step: int, args: dict) -> tuple[Path, Path]:
-    """Fine-tune ``ckpt`` with the pruned trainer into ``run_dir/step<k>``; return its (best, last) checkpoints."""
+def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dict) -> tuple[Path, Path]:
+    """Train ``ckpt`` with the pruned trainer into ``run_dir/name``; return its (best, last) checkpoints."""
     from ultralytics import YOLO
 
+    yolo = YOLO(str(ckpt))
+    return _train(yolo, run_dir, name, args, train_args, args["epochs"])
+
+
+def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, epochs: int) -> tuple[Path, Path]:
+    """Run ``yolo.train`` with `PrunedDetectionTrainer` into ``run_dir/name``; return its (best, last) checkpoints."""
     from .trainer import PrunedDetectionTrainer
 
-    yolo = YOLO(str(ckpt))
-    train_args = {"seed": args["seed"], **args["train_args"]}
     yolo.train(
         trainer=PrunedDetectionTrainer,
         data=args["data"],
-        epochs=args["epochs"],
+        epochs=epochs,
         imgsz=args["imgsz"],
         batch=args["batch"],
         device=args["device"],
-        project=str(run_dir),
-        name=f"step{step}",
+        project=str(run_dir.resolve()),  # absolute: a relative project would land under runs/detect/
+        name=name,
         exist_ok=False,
         **train_args,
     )
@@ -332,8 +399,97 @@ def _fine_tune(ckpt: Path, run_dir: Path, step: int, args: dict) -> tuple[Path, 
     last = Path(trainer.last)
     best = Path(trainer.best) if Path(trainer.best).is_file() else last
     if not last.is_file():
-        raise RuntimeError(f"fine-tuning step {step} wrote no checkpoint in {trainer.save_dir}")
+        raise RuntimeError(f"training run '{name}' wrote no checkpoint in {trainer.save_dir}")
     return best, last
+
+
+def _sparse_train(baseline: Any, run_dir: Path, args: dict, train_args: dict) -> Path:
+    """Train the baseline ``sparse_epochs`` epochs with an L1 penalty on BatchNorm scales; return its last.pt.
+
+    The last epoch (strongest sparsity) is what gets pruned, not the best-fitness one. Distillation is not used here.
+    """
+    from ultralytics import YOLO
+
+    from .callbacks import PruneCallback
+    from .checkpoint import save_checkpoint
+
+    source = save_checkpoint(baseline, run_dir / "weights" / "input.pt")
+    yolo = YOLO(str(source))
+    PruneCallback(ratio=0.0, sparsity=args["sparsity"], sparse_epochs=args["sparse_epochs"]).attach(yolo)
+    plain = {k: v for k, v in train_args.items() if k not in ("distill_model", "dis")}
+    _, last = _train(yolo, run_dir, "sparse", args, plain, args["sparse_epochs"])
+    return last
+
+
+def _sensitivity_curves(model: Any, run_dir: Path, args: dict) -> list:
+    """Return the layer curves for the allocator: from ``args['sensitivity']`` if it matches ``model``, else a scan.
+
+    The scan is written to ``run_dir/sensitivity`` (``sensitivity.json``/``.md``/``.png``), so a later run of the same
+    model can reuse it with ``sensitivity=<run>/sensitivity``.
+    """
+    from ultralytics.utils import LOGGER, colorstr
+
+    from .allocate import curves_from_sensitivity, read_sensitivity
+    from .sensitivity import model_fingerprint, run_sensitivity
+
+    if args["sensitivity"] is not None:
+        results = read_sensitivity(args["sensitivity"])
+        if results.get("fingerprint") not in (None, model_fingerprint(model.model)):
+            raise ValueError(
+                f"sensitivity results '{args['sensitivity']}' were measured on another model (fingerprint "
+                f"{results.get('fingerprint')}); run without sensitivity= to scan this one"
+            )
+        return curves_from_sensitivity(results)
+    LOGGER.info(f"{colorstr('prune: ')}sensitivity scan: each layer pruned alone at {args['scan_ratios']}")
+    scan_dir = run_sensitivity(
+        model,
+        args["data"],
+        ratios=args["scan_ratios"],
+        imgsz=args["imgsz"],
+        batch=args["batch"],
+        device=args["device"],
+        method=args["method"],
+        round_to=args["round_to"],
+        images=args["scan_images"],
+        project=run_dir,
+        name="sensitivity",
+        verbose=False,
+    )
+    return curves_from_sensitivity(scan_dir)
+
+
+def resolve_teacher(args: dict, student: Any) -> str:
+    """Return the absolute path of the distillation teacher, checked against the student, before any training.
+
+    The teacher is ``distill_model`` when given, else the input model itself (the unpruned network is the natural
+    teacher of its pruned self).
+
+    Raises:
+        ValueError: If the teacher is not a readable detection checkpoint, or its classes or feature levels differ.
+    """
+    from .checkpoint import load_yolo
+
+    path = args["distill_model"] or args["model"]
+    if not str(path).lower().endswith(".pt"):
+        raise ValueError(
+            f"distillation needs a trained teacher checkpoint (.pt), got '{path}': give distill_model=teacher.pt "
+            "or distill=False"
+        )
+    try:
+        teacher = load_yolo(path)
+    except ValueError as e:
+        raise ValueError(f"cannot use distillation teacher '{path}': {e}") from None
+    head, own = teacher.model.model[-1], student.model.model[-1]
+    if getattr(head, "nc", None) != own.nc:
+        raise ValueError(
+            f"distillation teacher '{path}' has nc={getattr(head, 'nc', None)} but the model has nc={own.nc}"
+        )
+    if len(getattr(head, "f", [])) != len(own.f):
+        raise ValueError(
+            f"distillation teacher '{path}' has {len(getattr(head, 'f', []))} detection levels but the model has "
+            f"{len(own.f)}: Ultralytics distils feature level by level"
+        )
+    return str(Path(path).resolve())
 
 
 def run_prune(command: str | None = None, **kwargs: Any) -> Path:
@@ -368,6 +524,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
 
     from .checkpoint import load_yolo, save_checkpoint
     from .data import resolve_data
+    from .measure import count_gflops
     from .prune import prune
     from .report import format_table, write_report
 
@@ -378,14 +535,21 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     nc = int(baseline.model.model[-1].nc)
     check_dataset_matches(args["data"], nc)
 
+    teacher = resolve_teacher(args, baseline) if args["distill"] else None
+
     run_dir = increment_path(Path(args["project"]) / args["name"], mkdir=True)
     weights = run_dir / "weights"
     measure_dir = run_dir / "measure"
-    per_step = step_ratio(args["ratio"], args["steps"])
+    per_step = step_ratio(args["ratio"], args["steps"]) if args["ratio"] is not None else None
+    goal = f"ratio={args['ratio']}" if args["ratio"] is not None else f"target_macs={args['target_macs']}"
     LOGGER.info(
-        f"{prefix}{args['model']} -> {colorstr('bold', run_dir)}: ratio={args['ratio']} in {args['steps']} step(s) "
-        f"of {per_step:.4f}, {args['epochs']} fine-tuning epoch(s) each, method={args['method']}"
+        f"{prefix}{args['model']} -> {colorstr('bold', run_dir)}: {goal} in {args['steps']} step(s), "
+        f"allocation={args['allocation']}, {args['epochs']} fine-tuning epoch(s) each"
+        f"{', distilled from ' + teacher if teacher else ''}, method={args['method']}"
     )
+    train_args = {**FINETUNE_DEFAULTS, "seed": args["seed"], **args["train_args"]}
+    if teacher:
+        train_args["distill_model"] = teacher
     last_good: Path | None = None
     step = 0  # the step in progress
     notes: list[str] = []
@@ -394,30 +558,45 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         rows = [_measure(baseline.model, "baseline", args["model"], args, measure_dir)]
         base_map = rows[0].get("map50_95")
         LOGGER.info(f"{prefix}baseline mAP50-95={_f(base_map)} mAP50={_f(rows[0].get('map50'))}")
+        base_macs = count_gflops(baseline.model, args["imgsz"])
 
         current = baseline
+        if args["sparse_epochs"]:
+            sparse_ckpt = _sparse_train(baseline, run_dir, args, train_args)
+            current = load_yolo(str(sparse_ckpt))
+            rows.append(_measure(current.model, "sparse", sparse_ckpt, args, measure_dir))
+            last_good = sparse_ckpt
+        curves = _sensitivity_curves(current, run_dir, args) if args["allocation"] == "sensitivity" else None
         steps: list[dict] = []  # per finished step: row and checkpoints
         stopped_at = None
         for step in range(1, args["steps"] + 1):
-            LOGGER.info(f"{prefix}step {step}/{args['steps']}: pruning {per_step:.4f} of the remaining channels")
+            amount = {"ratio": per_step}
+            if per_step is None:  # cumulative MACs target after this step, relative to what `current` keeps now
+                kept = count_gflops(current.model, args["imgsz"]) / base_macs
+                amount = {"target_macs": min(1.0, args["target_macs"] ** (step / args["steps"]) / kept)}
+            LOGGER.info(f"{prefix}step {step}/{args['steps']}: pruning the current model to {amount}")
             pruned = prune(
                 current,
-                per_step,
+                **amount,
                 method=args["method"],
                 round_to=args["round_to"],
                 seed=args["seed"],
-                global_pruning=args["global_pruning"],
+                global_pruning=args["allocation"] == "global",
+                sensitivity=curves,
                 data=args["data"],  # calibration images for gradient methods (taylor, hessian)
                 device=args["device"],
                 imgsz=args["imgsz"],
             )
             meta = {
                 "ratio": args["ratio"],
+                "target_macs": args["target_macs"],
+                "allocation": args["allocation"],
+                "layer_ratios": pruned.prune_info.get("layer_ratios"),
+                "distill_model": teacher,
                 "step_ratio": per_step,
                 "step": step,
                 "steps": args["steps"],
                 "method": args["method"],
-                "global_pruning": args["global_pruning"],
                 "round_to": args["round_to"],
                 "source": str(args["model"]),
                 "fine_tuned_epochs": 0,
@@ -428,7 +607,11 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 _copy_atomic(pruned_path, weights / f"step{step}-pruned.pt")
             if args["epochs"] > 0:
                 best, last = _fine_tune(
-                    weights / f"step{step}-pruned.pt" if args["steps"] > 1 else pruned_path, run_dir, step, args
+                    weights / f"step{step}-pruned.pt" if args["steps"] > 1 else pruned_path,
+                    run_dir,
+                    f"step{step}",
+                    args,
+                    train_args,
                 )
                 last_good = best
             else:
@@ -474,9 +657,17 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         raise PruneInterrupted(run_dir, last_good) from e
 
     notes.append(
-        f"ratio={args['ratio']} in {args['steps']} step(s) of {per_step:.4f} ({args['method']}, round_to="
+        f"{goal} in {args['steps']} step(s), allocation={args['allocation']} ({args['method']}, round_to="
         f"{args['round_to']}), {args['epochs']} fine-tuning epoch(s) per step at imgsz={args['imgsz']}"
+        + (f", distilled from {teacher}" if teacher else "")
+        + (
+            f"; {args['sparse_epochs']} sparse epoch(s) first (sparsity={args['sparsity']:g})"
+            if args["sparse_epochs"]
+            else ""
+        )
     )
+    fine_tune = {k: v for k, v in train_args.items() if k != "distill_model"}
+    notes.append(f"fine-tuning arguments: {', '.join(f'{k}={v}' for k, v in fine_tune.items())}")
     if args["max_map_drop"] is not None:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")

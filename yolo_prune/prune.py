@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -481,7 +482,7 @@ def prune(
     staggered: bool = False,
     latency_runs: int = 30,
     latency_threads: int | None = None,
-    sensitivity: dict | str | None = None,
+    sensitivity: dict | str | Path | list | None = None,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
@@ -516,11 +517,11 @@ def prune(
         latency_runs: Timed runs per latency measurement of ``target_latency`` (after 5 untimed ones).
         latency_threads: CPU threads for those measurements (default: every usable core; 1 is far steadier on a
             machine shared with other jobs).
-        sensitivity: Per-layer sensitivity results (``sensitivity.json``, its run folder, or the dict; from
-            ``yolo_prune.sensitivity.run_sensitivity``). Instead of removing the same fraction of every layer, the
-            layers' ratios are allocated from the measured curves (``yolo_prune.allocate``) so that the target (or,
-            with ``ratio``, the MACs that uniform pruning at ``ratio`` would keep) is met with the least predicted
-            mAP loss.
+        sensitivity: Per-layer sensitivity results (``sensitivity.json``, its run folder, the dict, or a list of
+            ``yolo_prune.allocate.LayerCurve``; from ``yolo_prune.sensitivity.run_sensitivity``). Instead of removing
+            the same fraction of every layer, the layers' ratios are allocated from the measured curves
+            (``yolo_prune.allocate``) so that the target (or, with ``ratio``, the MACs that uniform pruning at
+            ``ratio`` would keep) is met with the least predicted mAP loss.
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
@@ -561,7 +562,7 @@ def prune(
     if sensitivity is not None:
         from .allocate import curves_from_sensitivity
 
-        curves = curves_from_sensitivity(sensitivity)
+        curves = sensitivity if isinstance(sensitivity, list) else curves_from_sensitivity(sensitivity)
     ratio = check_ratio((0.0 if layers else 0.5) if ratio is None else ratio)
     max_ratio = _check_max_ratio(max_ratio)
     if needs_gradients(method) and data is None:

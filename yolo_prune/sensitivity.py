@@ -29,7 +29,7 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.files import increment_path
 
-__all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "run_sensitivity"]
+__all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
 
 PREFIX = colorstr("yolo-prune: ")
 METRICS = ("map50_95", "map50")
@@ -48,6 +48,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "min_channels": None,  # no group is cut below this width (default round_to)
     "calib_batches": 4,  # training batches for gradient methods (taylor, hessian)
     "seed": 0,  # seed of the random method
+    "images": None,  # validate on the first N validation images only (faster scan); None = all
     "project": "runs/sensitivity",
     "name": "exp",
     "verbose": True,
@@ -88,6 +89,56 @@ def _check_stages(stages: Any, count: int) -> list[int]:
     return sorted({s % count for s in values})
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Return a short hash of a model's layer structure and weights, to tell whether cached results belong to it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key}:{tuple(tensor.shape)}".encode())
+        if tensor.is_floating_point() and tensor.numel():
+            digest.update(f"{float(tensor.float().abs().sum()):.6e}".encode())
+    return digest.hexdigest()[:16]
+
+
+def val_subset(data_yaml: str, images: int, folder: Path) -> str:
+    """Write a dataset yaml whose ``val`` split is the first ``images`` validation images (sorted); return its path.
+
+    Args:
+        data_yaml: Dataset yaml (resolved).
+        images: Number of validation images to keep.
+        folder: Where ``val_subset.txt`` and ``val_subset.yaml`` are written.
+
+    Returns:
+        The new yaml's path. Labels are found next to the images as usual (``images`` -> ``labels``).
+    """
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+    from ultralytics.utils import YAML
+
+    info = check_det_dataset(data_yaml)
+    sources = info["val"] if isinstance(info["val"], list) else [info["val"]]
+    files: list[str] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files += [str(p) for p in source.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS]
+        elif source.is_file():
+            root = source.parent
+            for line in source.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    files.append(str(Path(line) if Path(line).is_absolute() else (root / line).resolve()))
+    if not files:
+        raise ValueError(f"dataset '{data_yaml}' lists no validation images")
+    chosen = sorted(files)[:images]
+    listing = folder / "val_subset.txt"
+    listing.write_text("\n".join(chosen) + "\n")
+    out = folder / "val_subset.yaml"
+    YAML.save(
+        out, {"path": str(info.get("path", "")), "train": info["train"], "val": str(listing), "names": info["names"]}
+    )
+    return str(out)
+
+
 def _prune_stage(
     base: torch.nn.Module, stage: int, ratio: float, importance: Any, options: dict, seed: int
 ) -> tuple[torch.nn.Module, Any]:
@@ -111,6 +162,7 @@ def run_sensitivity(
     min_channels: int | None = None,
     calib_batches: int = 4,
     seed: int = 0,
+    images: int | None = None,
     project: str | Path = "runs/sensitivity",
     name: str = "exp",
     verbose: bool = True,
@@ -131,6 +183,8 @@ def run_sensitivity(
         min_channels: No group is cut below this width (default: ``round_to``).
         calib_batches: Training batches for gradient methods.
         seed: Seed for the random method.
+        images: Validate on the first ``images`` validation images only (sorted by path), for a quicker scan; the
+            subset is listed in ``val_subset.txt`` in the run folder. None: every validation image.
         project: Parent folder of the run folder.
         name: Run folder name; ``exp``, ``exp2``, ... so nothing is overwritten.
         verbose: Log progress.
@@ -158,7 +212,10 @@ def run_sensitivity(
     base = copy.deepcopy(yolo.model).float().cpu()
     stage_list = _check_stages(stages, len(base.model))
     data_yaml = resolve_data(data)
+    if images is not None and (isinstance(images, bool) or not float(images).is_integer() or int(images) < 1):
+        raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")
     run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
+    val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
     options = {"round_to": round_to, "min_channels": min_channels}
     if needs_gradients(method):
         options["gradients"] = collect_gradients(
@@ -167,7 +224,7 @@ def run_sensitivity(
     val_args = {"imgsz": imgsz, "batch": batch, "device": device}
     with tempfile.TemporaryDirectory(prefix="yolo_prune_sens_") as tmp:
         val_args.update(project=tmp, name="val", exist_ok=True)  # validator folders stay out of the run folder
-        baseline = validate(base, data_yaml, **val_args)
+        baseline = validate(base, val_yaml, **val_args)
         base_macs = count_gflops(base, imgsz) / 2
         rows = []
         for stage in stage_list:
@@ -178,7 +235,7 @@ def run_sensitivity(
                 result = {"ratio": ratio, "channels_removed": stats.channels_removed, "params": stats.params_after}
                 if stats.channels_removed:
                     row["prunable"] = True
-                    metrics = validate(module, data_yaml, **val_args)
+                    metrics = validate(module, val_yaml, **val_args)
                     result.update(metrics, macs_kept=count_gflops(module, imgsz) / 2 / base_macs)
                 else:
                     result.update(baseline, macs_kept=1.0)
@@ -196,6 +253,8 @@ def run_sensitivity(
         "data": str(data),
         "method": str(method).lower(),
         "imgsz": imgsz,
+        "images": images,
+        "fingerprint": model_fingerprint(base),
         "ratios": ratio_list,
         "metric": "map50_95",
         "baseline": baseline,

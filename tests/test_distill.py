@@ -1,0 +1,167 @@
+"""Distillation from the unpruned model and the sparse-training stage of `yolo_prune.pipeline.run_prune`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
+
+from yolo_prune.pipeline import parse_prune_args, run_prune
+from yolo_prune.trainer import PrunedDetectionTrainer
+
+QUICK = {
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "plots": False,
+    "runs": 2,
+    "warmup": 1,
+    "allocation": "uniform",
+    "ratio": 0.5,
+}
+
+
+def _model(path: Path, nc: int) -> Path:
+    """Save a randomly initialised YOLOv8n with ``nc`` classes (seeded) and return its path."""
+    torch.manual_seed(0)
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=nc, verbose=False)
+    yolo.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_nc6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-class YOLOv8n checkpoint (the shapes data has 6 classes): the model to prune and its own teacher."""
+    return _model(tmp_path_factory.mktemp("teacher") / "v8n-nc6.pt", 6)
+
+
+def _columns(results_csv: Path) -> dict[str, list[float]]:
+    """Columns of an Ultralytics results.csv as floats."""
+    with open(results_csv, newline="") as f:
+        rows = [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def test_distill_arguments_are_checked() -> None:
+    """``distill_model`` implies ``distill``; ``distill`` must be a bool.
+
+    Mutations caught: ignoring ``distill_model`` unless ``distill=True`` is also given, or accepting ``distill='yes'``.
+    """
+    args = parse_prune_args({"model": "m.pt", "data": "d.yaml", "distill_model": "t.pt"})
+    assert args["distill"] is True and args["distill_model"] == "t.pt"
+    assert parse_prune_args({"model": "m.pt", "data": "d.yaml"})["distill"] is False
+    with pytest.raises(ValueError, match="distill"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "distill": "yes"})
+
+
+@pytest.mark.slow
+def test_distill_true_trains_with_the_teacher_and_saves_a_plain_student(
+    teacher_nc6, tiny_data, tmp_path, stock_param_counts
+) -> None:
+    """With ``distill=True`` the fine-tune has a non-zero distillation loss, and best.pt holds only the pruned
+    student (a plain ``DetectionModel``, no teacher, no projector) that stock Ultralytics loads.
+
+    Mutations caught: not passing ``distill_model`` to the trainer (no ``dis_loss`` column), a teacher or wrapper
+    left inside best.pt, or best.pt holding the unpruned teacher's weights.
+    """
+    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, distill=True, dis=1.0, project=tmp_path, **QUICK)
+    columns = _columns(run / "step1" / "results.csv")
+    assert "train/dis_loss" in columns and columns["train/dis_loss"][0] > 0
+    ckpt = torch.load(run / "weights" / "best.pt", weights_only=False)
+    student = ckpt["model"]
+    assert type(student) is DetectionModel
+    assert not any("teacher" in k or "projector" in k for k in student.state_dict())
+    pruned = sum(p.numel() for p in torch.load(run / "weights" / "pruned.pt", weights_only=False)["model"].parameters())
+    assert stock_param_counts([run / "weights" / "best.pt"]) == [pruned]
+    assert "distilled from" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_distill_false_trains_without_a_teacher(teacher_nc6, tiny_data, tmp_path) -> None:
+    """The default fine-tune has no distillation term.
+
+    Mutation caught: distillation switched on by default or left on from an earlier run's arguments.
+    """
+    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, project=tmp_path, **QUICK)
+    assert "train/dis_loss" not in _columns(run / "step1" / "results.csv")
+
+
+def test_bad_teachers_are_refused_before_any_work(teacher_nc6, tiny_data, tmp_path) -> None:
+    """A teacher with other classes, an unreadable teacher or a yaml teacher: one-line ValueError, no run folder.
+
+    Mutations caught: checking the teacher only when the trainer builds it (after pruning and writing files), or not
+    comparing class counts.
+    """
+    other = _model(tmp_path / "nc3.pt", 3)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    project = tmp_path / "runs"
+    cases = [(other, "nc=3"), (garbage, "cannot use distillation teacher"), ("yolov8n.yaml", "trained teacher")]
+    for teacher, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            run_prune(
+                model=str(teacher_nc6), data=tiny_data, epochs=1, distill_model=str(teacher), project=project, **QUICK
+            )
+        assert "\n" not in str(info.value)
+    assert not project.exists()
+
+
+@pytest.mark.slow
+def test_distilled_fine_tune_resumes(teacher_nc6, tiny_data, tmp_path) -> None:
+    """An interrupted distilled fine-tune resumes from last.pt with its teacher rebuilt, and finishes as a plain
+    student.
+
+    Mutations caught: a trainer whose resume path drops the ``DistillationModel`` (no ``dis_loss`` in the resumed
+    epoch) or rebuilds the unpruned network.
+    """
+    from yolo_prune import prune, save_checkpoint
+
+    pruned_path = save_checkpoint(prune(str(teacher_nc6), ratio=0.5, verbose=False), tmp_path / "pruned.pt")
+    params = sum(p.numel() for p in YOLO(str(pruned_path)).model.parameters())
+    yolo = YOLO(str(pruned_path))
+
+    def stop_after_first_epoch(trainer) -> None:
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    yolo.add_callback("on_model_save", stop_after_first_epoch)
+    train = {"data": tiny_data, "imgsz": 64, "batch": 8, "workers": 0, "plots": False, "project": str(tmp_path)}
+    with pytest.raises(KeyboardInterrupt):
+        yolo.train(trainer=PrunedDetectionTrainer, epochs=2, distill_model=str(teacher_nc6), dis=1.0, name="r", **train)
+    last = tmp_path / "r" / "weights" / "last.pt"
+    assert last.is_file()
+    resumed = YOLO(str(last))
+    resumed.train(resume=True, trainer=PrunedDetectionTrainer)
+    columns = _columns(tmp_path / "r" / "results.csv")
+    assert columns["epoch"] == [1.0, 2.0]
+    assert columns["train/dis_loss"][1] > 0
+    best = torch.load(tmp_path / "r" / "weights" / "best.pt", weights_only=False)["model"]
+    assert type(best) is DetectionModel and sum(p.numel() for p in best.parameters()) == params
+
+
+@pytest.mark.slow
+def test_sparse_stage_shrinks_batchnorm_scales(teacher_nc6, tiny_data, tmp_path) -> None:
+    """``sparse_epochs`` trains with an L1 penalty on BN scales before pruning: their L1 norm ends lower than after a
+    plain run of the same length, and the report has a ``sparse`` row.
+
+    Mutation caught: the penalty not reaching the trainer (both runs end with the same norms), or the pruned model
+    taken from the input instead of the sparse one.
+    """
+
+    def bn_l1(ckpt: Path) -> float:
+        model = torch.load(ckpt, weights_only=False)["model"].float()
+        return sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    # SGD on every batch of 2 (nbs=batch, no warm-up): 24 steps move the scales visibly. A stronger penalty would not
+    # help: Ultralytics clips the whole gradient to norm 10, penalty included.
+    sgd = {"optimizer": "SGD", "lr0": 0.1, "nbs": 2, "batch": 2, "warmup_epochs": 0}
+    common = {**QUICK, "ratio": 0.3, "epochs": 0, "sparse_epochs": 3, "project": tmp_path, **sgd}
+    sparse = run_prune(model=str(teacher_nc6), data=tiny_data, sparsity=0.1, name="sparse", **common)
+    plain = run_prune(model=str(teacher_nc6), data=tiny_data, sparsity=0.0, name="plain", **common)
+    assert bn_l1(sparse / "sparse" / "weights" / "last.pt") < 0.9 * bn_l1(plain / "sparse" / "weights" / "last.pt")
+    assert "sparse" in (sparse / "report.md").read_text()

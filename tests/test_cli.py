@@ -16,7 +16,7 @@ from yolo_prune import __version__
 from yolo_prune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["epochs=1", "imgsz=64", "batch=8", "workers=0", "plots=False", "runs=2", "warmup=1"]
+TINY = ["epochs=1", "imgsz=64", "batch=8", "workers=0", "plots=False", "runs=2", "warmup=1", "allocation=uniform"]
 
 
 def yolo_prune(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -169,7 +169,7 @@ def test_help_and_version(capsys: pytest.CaptureFixture) -> None:
     assert result.returncode == 0
     for command in ("prune", "bench", "demo", "sensitivity", "help", "version"):
         assert f"yolo-prune {command}" in result.stdout
-    assert "ratio=0.5" in result.stdout and "example:" in result.stdout
+    assert "target_macs=0.5" in result.stdout and "example:" in result.stdout
     bad = yolo_prune("prnue")
     assert bad.returncode == 2 and "did you mean 'prune'" in bad.stderr and "Traceback" not in bad.stderr
     assert main(["--help"]) == 0 and capsys.readouterr().out.strip() == result.stdout.strip()

@@ -11,7 +11,7 @@ from yolo_prune import pipeline
 from yolo_prune.measure import count_params, new_row
 from yolo_prune.pipeline import budget_exceeded, parse_prune_args, run_prune, step_ratio
 
-QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1}
+QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,15 @@ def test_parse_prune_args() -> None:
     """Defaults are filled in, Ultralytics training keys pass through, bad values raise one-line ValueErrors."""
     args = parse_prune_args({"model": "m.pt", "data": "d.yaml", "lr0": 0.002, "patience": 5, "steps": 2.0})
     assert args["train_args"] == {"lr0": 0.002, "patience": 5}
-    assert args["steps"] == 2 and args["ratio"] == 0.5 and args["max_map_drop"] is None
+    assert args["steps"] == 2 and args["max_map_drop"] is None
+    assert args["ratio"] is None and args["target_macs"] == 0.5  # default: 2x fewer MACs
+    assert args["allocation"] == "sensitivity" and args["distill"] is False
+    with pytest.raises(ValueError, match="not both"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "ratio": 0.3, "target_macs": 0.5})
+    with pytest.raises(ValueError, match="allocation"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "allocation": "magic"})
+    with pytest.raises(ValueError, match="scan_ratios"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "scan_ratios": "0.5,1.5"})
     with pytest.raises(ValueError, match="did you mean 'ratio'"):
         parse_prune_args({"model": "m.pt", "data": "d.yaml", "ratoi": 0.5})
     with pytest.raises(ValueError, match="did you mean 'workers'"):

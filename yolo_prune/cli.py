@@ -1,7 +1,7 @@
 """The ``yolo-prune`` command: Ultralytics-style ``key=value`` arguments, one-line errors.
 
 Examples:
-    yolo-prune prune model=best.pt data=data.yaml ratio=0.5 epochs=10 imgsz=640
+    yolo-prune prune model=best.pt data=data.yaml target_macs=0.5 epochs=10 imgsz=640
     yolo-prune bench models=best.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640
     yolo-prune demo
     yolo-prune help
@@ -184,9 +184,12 @@ def usage(command: str | None = None) -> str:
             "Prune a YOLO detector, fine-tune it with the pruned trainer, measure and report (run folder "
             "project/name: weights/pruned.pt, weights/best.pt, report.md, pareto.png).\n"
             "  Any Ultralytics training argument is passed to the trainer (lr0=, workers=, patience=, optimizer=...).\n"
-            f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.5 epochs=10 imgsz=640\n"
+            "  By default: 2x fewer MACs (target_macs=0.5), shared between layers by a quick per-layer sensitivity "
+            "scan (allocation=sensitivity; reuse it with sensitivity=<run>/sensitivity).\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.5 epochs=10 imgsz=640\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.33 distill=True epochs=10\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
-            "backends=torch,onnx\n"
+            "allocation=uniform backends=torch,onnx\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
             f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"

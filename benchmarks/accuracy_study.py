@@ -9,8 +9,8 @@ one converged baseline, with the same fine-tuning budget ``E`` for every row. Co
 - ``scratch-Nx`` / ``scratch-Nx-distill``: ``yolov8n.yaml`` at a smaller width with at least N x fewer MACs, trained
   from scratch for the baseline's epochs + ``E``, without and with the same distillation teacher.
 
-Rows are listed in `ROWS` (name -> recipe); each row runs once per seed and is skipped when its result exists, so an
-interrupted study resumes. Results go to ``--out`` (``results.json``) and a Markdown table (``--table``).
+Rows are listed in `ROWS` (name -> recipe) and run in `PLAN` order, one (row, seed) at a time; a result that exists
+is skipped, so an interrupted study resumes. Results: ``--out``/``results.json`` and a Markdown table (``--table``).
 
 Usage:
     python benchmarks/accuracy_study.py --out runs/study2                      # every row, in ROWS order
@@ -64,7 +64,6 @@ BASELINE_RECIPE: dict[str, Any] = {
 # (yolo_prune.pipeline.FINETUNE_DEFAULTS) unless a row says otherwise.
 COMMON = {k: BASELINE_RECIPE[k] for k in ("batch", "nbs", "mosaic", "close_mosaic", "cache", "workers", "amp", "plots")}
 COMMON.update(device="cpu", deterministic=False)
-SEEDS = {"2x": (0, 1), "3x": (0,)}
 
 # name -> (kind, settings). kind: prune (run_prune arguments), ft (fine-tune unpruned), lowres, scratch.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -85,20 +84,39 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         {"target_macs": 0.5, "allocation": "sensitivity", "sparse_epochs": 2, "sparsity": 1e-4, "epochs": E - 2},
     ),
     "global-2x": ("prune", {"target_macs": 0.5, "allocation": "global"}),
+    # Ultralytics' own training defaults instead of yolo-prune's fine-tuning defaults (FINETUNE_DEFAULTS)
+    "sens-2x-ultralytics-recipe": (
+        "prune",
+        {
+            "target_macs": 0.5,
+            "allocation": "sensitivity",
+            "optimizer": "auto",
+            "lr0": 0.01,
+            "warmup_epochs": 3.0,
+            "warmup_bias_lr": 0.1,
+        },
+    ),
     "scratch-2x-distill": ("scratch", {"target": 2.0, "distill": True}),
     "sens-3x-distill": ("prune", {"target_macs": 1 / 3, "allocation": "sensitivity", "distill": True, "dis": 1.0}),
     "scratch-3x": ("scratch", {"target": 3.0}),
 }
 
+# (row, seed) in the order they run: one seed of the main rows and controls first, then second seeds of the 2x rows,
+# then the variants. An interrupted study resumes where it stopped.
+PLAN: list[tuple[str, int]] = [
+    *[(r, 0) for r in ("ft", "sens-2x", "uniform-2x", "sens-2x-distill", "lowres-2x", "sens-3x", "lowres-3x")],
+    *[(r, 0) for r in ("uniform-3x", "scratch-2x")],
+    *[(r, 1) for r in ("ft", "sens-2x", "uniform-2x", "sens-2x-distill", "lowres-2x")],
+    *[(r, 0) for r in ("sens-2x-distill6", "sens-2x-ultralytics-recipe", "sens-2x-steps3", "sens-2x-sparse")],
+    *[(r, 0) for r in ("global-2x", "uniform-2x-distill")],
+    *[(r, 0) for r in ("sens-3x-distill", "scratch-3x", "scratch-2x-distill")],
+    ("scratch-2x", 1),
+]
+
 
 def log(msg: str) -> None:
     """Print a progress line with the wall-clock time."""
     print(f"[accuracy-study {datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def seeds_of(name: str) -> tuple[int, ...]:
-    """Seeds a row runs with: two for the 2x rows and the control, one otherwise."""
-    return SEEDS["3x"] if "3x" in name else SEEDS["2x"]
 
 
 def baseline(out: Path) -> tuple[Path, dict]:
@@ -238,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/study2"))
     parser.add_argument("--rows", nargs="*", default=None, help="row names (default: all, in ROWS order)")
-    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="override the seeds of every row")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
     opts = parser.parse_args(argv)
@@ -255,15 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if not opts.report_only:
         sens = scan(out, base)
-        for name in opts.rows or list(ROWS):
-            for seed in opts.seeds or seeds_of(name):
-                key = f"{name}-s{seed}"
-                if key in results:
-                    continue
-                log(f"row {key}")
-                results[key] = run_row(out, name, seed, base, base_record, sens)
-                results_file.write_text(json.dumps(results, indent=1))
-                log(f"row {key}: mAP50-95 {results[key]['map50_95']:.4f} ({results[key]['seconds']:.0f} s)")
+        plan = [(r, s) for r, s in PLAN if opts.rows is None or r in opts.rows]
+        for name, seed in plan:
+            key = f"{name}-s{seed}"
+            if key in results:
+                continue
+            log(f"row {key}")
+            results[key] = run_row(out, name, seed, base, base_record, sens)
+            results_file.write_text(json.dumps(results, indent=1))
+            log(f"row {key}: mAP50-95 {results[key]['map50_95']:.4f} ({results[key]['seconds']:.0f} s)")
     table = summarize(results, base_record)
     print(table)
     if opts.table:

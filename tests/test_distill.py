@@ -165,3 +165,20 @@ def test_sparse_stage_shrinks_batchnorm_scales(teacher_nc6, tiny_data, tmp_path)
     plain = run_prune(model=str(teacher_nc6), data=tiny_data, sparsity=0.0, name="plain", **common)
     assert bn_l1(sparse / "sparse" / "weights" / "last.pt") < 0.9 * bn_l1(plain / "sparse" / "weights" / "last.pt")
     assert "sparse" in (sparse / "report.md").read_text()
+
+
+def test_prune_callback_refuses_distillation_with_the_reason() -> None:
+    """Progressive pruning inside a distilled run is refused before training, and the message says why and what to
+    do instead.
+
+    Mutation caught: dropping the distillation check (the run would train with stale projectors after a prune step).
+    """
+    from types import SimpleNamespace
+
+    from yolo_prune import PruneCallback
+
+    args = SimpleNamespace(device="cpu", compile=False, quantize=None, distill_model="teacher.pt")
+    trainer = SimpleNamespace(args=args, world_size=1, epochs=10, resume=False)
+    with pytest.raises(RuntimeError, match="projectors.*distill=True"):
+        PruneCallback(ratio=0.5, start_epoch=1).check_trainer(trainer)
+    PruneCallback(ratio=0.0, sparsity=1e-4).check_trainer(trainer)  # sparse training alone is fine

@@ -214,10 +214,16 @@ class PruneCallback:
                 "prune first (yolo_prune.prune) and fine-tune the pruned .pt under DDP with PrunedDetectionTrainer; "
                 "sparse training alone (ratio=0) is supported under DDP"
             )
+        if getattr(args, "distill_model", None) is not None:
+            raise RuntimeError(
+                "PruneCallback cannot prune a run that distils (distill_model=...): Ultralytics' DistillationModel "
+                "sizes its student-to-teacher projectors from the student's widths once, when training starts, and "
+                "pruning mid-run would leave them stale. Prune first and distil the fine-tune instead: "
+                "'yolo-prune prune ... distill=True' (or ratio=0 here for sparse training alone)"
+            )
         for name, active in (
             ("compile", bool(args.compile)),
             ("quantize=8 (QAT)", getattr(args, "quantize", None) == 8),
-            ("distill_model", getattr(args, "distill_model", None) is not None),
         ):
             if active:
                 raise RuntimeError(f"PruneCallback cannot prune a model trained with {name}; use ratio=0 or drop it")

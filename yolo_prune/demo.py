@@ -2,7 +2,7 @@
 
 The demo trains a small baseline (``yolov8n.yaml`` from scratch) on ``shapes.yaml`` with the stock Ultralytics trainer,
 or reuses one cached by an earlier demo with the same settings, then runs `yolo_prune.pipeline.run_prune` on it
-(ratio 0.5, a few fine-tuning epochs) and writes the usual report (``report.md``, ``pareto.png``, ...).
+(2x fewer MACs shared out by a sensitivity scan, a few fine-tuning epochs) and writes the usual report (``report.md``, ``pareto.png``, ...).
 
 The baseline cache lives beside the generated dataset (``yolo_prune.data.dataset_cache_dir() / "demo-models"``), one
 file per setting hash. It is copied in with ``os.replace`` only after training finished, so an interrupted training
@@ -48,11 +48,8 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "seed": 0,
         },
         "prune": {
-            "ratio": 0.5,
+            "target_macs": 0.5,  # the product's defaults otherwise: sensitivity allocation, fine-tuning recipe
             "epochs": 4,
-            "optimizer": "AdamW",
-            "lr0": 0.002,
-            "warmup_epochs": 0.5,
             "close_mosaic": 2,
             "runs": 30,
             "warmup": 5,
@@ -162,7 +159,7 @@ def baseline_checkpoint(settings: dict[str, Any]) -> Path:
 
 
 def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -> Path:
-    """Train or reuse a baseline on the built-in shapes data, prune it 50%, fine-tune, measure and report.
+    """Train or reuse a baseline on the built-in shapes data, prune it to 2x fewer MACs, fine-tune, measure and report.
 
     Args:
         fast (bool): Tiny dataset, 64 px and one epoch each: a smoke test of the whole pipeline.

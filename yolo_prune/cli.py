@@ -200,8 +200,8 @@ def usage(command: str | None = None) -> str:
             f"  defaults:\n{_defaults_text(BENCH_DEFAULTS)}"
         ),
         "demo": (
-            "Train (or reuse a cached) small baseline on the built-in shapes dataset, prune it to 2x fewer MACs, fine-tune and "
-            "report. Offline; about 10 minutes on a 2-core CPU (fast=True: seconds, for tests).\n"
+            "Train (or reuse a cached) small baseline on the built-in shapes dataset, prune it to 2x fewer MACs, "
+            "fine-tune and report. Offline; about 10 minutes on a 2-core CPU (fast=True: seconds, for tests).\n"
             f"  example: {PROG} demo\n  example: {PROG} demo fast=True project=/tmp/demo\n"
             f"  defaults (plus any prune argument):\n{_defaults_text(DEMO_DEFAULTS)}"
         ),

@@ -2,7 +2,8 @@
 
 The demo trains a small baseline (``yolov8n.yaml`` from scratch) on ``shapes.yaml`` with the stock Ultralytics trainer,
 or reuses one cached by an earlier demo with the same settings, then runs `yolo_prune.pipeline.run_prune` on it
-(2x fewer MACs shared out by a sensitivity scan, a few fine-tuning epochs) and writes the usual report (``report.md``, ``pareto.png``, ...).
+(2x fewer MACs shared out by a sensitivity scan, a few fine-tuning epochs) and writes the usual report
+(``report.md``, ``pareto.png``, ...).
 
 The baseline cache lives beside the generated dataset (``yolo_prune.data.dataset_cache_dir() / "demo-models"``), one
 file per setting hash. It is copied in with ``os.replace`` only after training finished, so an interrupted training

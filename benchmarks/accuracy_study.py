@@ -15,7 +15,7 @@ is skipped, so an interrupted study resumes. Results: ``--out``/``results.json``
 Usage:
     python benchmarks/accuracy_study.py --out runs/study2                      # every row, in ROWS order
     python benchmarks/accuracy_study.py --out runs/study2 --rows sens-2x ft    # some rows
-    python benchmarks/accuracy_study.py --out runs/study2 --report-only --table benchmarks/results/accuracy/table.md
+    python benchmarks/accuracy_study.py --out runs/study2 --report-only --results benchmarks/results/accuracy
 """
 
 from __future__ import annotations
@@ -257,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/study2"))
     parser.add_argument("--rows", nargs="*", default=None, help="row names (default: all, in ROWS order)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="copy results.json, baseline.json and the scan there and write table.md (benchmarks/results/accuracy)",
+    )
     opts = parser.parse_args(argv)
     out = opts.out
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -283,9 +288,15 @@ def main(argv: list[str] | None = None) -> int:
             log(f"row {key}: mAP50-95 {results[key]['map50_95']:.4f} ({results[key]['seconds']:.0f} s)")
     table = summarize(results, base_record)
     print(table)
-    if opts.table:
-        opts.table.parent.mkdir(parents=True, exist_ok=True)
-        opts.table.write_text(table)
+    if opts.results:
+        opts.results.mkdir(parents=True, exist_ok=True)
+        (opts.results / "table.md").write_text(table)
+        for name in ("results.json", "baseline.json"):
+            if (out / name).is_file():
+                shutil.copyfile(out / name, opts.results / name)
+        for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
+            if (out / "sensitivity" / name).is_file():
+                shutil.copyfile(out / "sensitivity" / name, opts.results / name)
     return 0
 
 

@@ -90,14 +90,14 @@ def _check_stages(stages: Any, count: int) -> list[int]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Return a short hash of a model's layer structure and weights, to tell whether cached results belong to it."""
+    """Return a short hash of a model's tensors (names, shapes and exact values), to tell whether cached results
+    belong to it. Exact bytes, not sums: a float reduction's result depends on the thread count."""
     import hashlib
 
     digest = hashlib.sha256()
     for key, tensor in model.state_dict().items():
-        digest.update(f"{key}:{tuple(tensor.shape)}".encode())
-        if tensor.is_floating_point() and tensor.numel():
-            digest.update(f"{float(tensor.float().abs().sum()):.6e}".encode())
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -112,3 +112,29 @@ def test_prune_with_sensitivity_meets_target_macs_and_spares_sensitive_layers() 
     assert count_gflops(same_budget.model, 128) / base <= uniform + 1e-9
     with pytest.raises(ValueError, match="layer_ratios"):
         prune("yolov8n.yaml", sensitivity=scan, layer_ratios={3: 0.5}, verbose=False)
+
+
+def test_model_fingerprint_is_exact_and_thread_independent() -> None:
+    """The fingerprint that guards a reused scan is the same under any thread count and changes with one weight.
+
+    Mutations caught: hashing float sums (their last bits depend on the thread count, so a run refused its own scan)
+    or hashing shapes only (a scan of another model with the same architecture would be reused).
+    """
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_prune.sensitivity import model_fingerprint
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = model_fingerprint(model)
+        torch.set_num_threads(max(2, threads))
+        assert model_fingerprint(model) == one
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        model.model[4].cv1.conv.weight[0, 0, 0, 0] += 1e-3
+    assert model_fingerprint(model) != one

@@ -28,7 +28,15 @@ from pathlib import Path
 
 from ultralytics.utils import LOGGER, colorstr
 
-__all__ = ["Allocation", "LayerCurve", "allocate", "choose_ratios", "curves_from_sensitivity", "read_sensitivity"]
+__all__ = [
+    "Allocation",
+    "LayerCurve",
+    "allocate",
+    "cheapest_move",
+    "choose_ratios",
+    "curves_from_sensitivity",
+    "read_sensitivity",
+]
 
 PREFIX = colorstr("yolo-prune: ")
 GRID_STEP = 0.05  # candidate ratios per layer: 0, 0.05, ... up to the largest scanned ratio
@@ -75,7 +83,8 @@ class Allocation:
         target: Wanted cost, relative to the unpruned model.
         achieved: Measured relative cost of the chosen allocation (at most ``target``).
         predicted_loss: Sum of the curves' losses at the chosen ratios (an estimate, before fine-tuning).
-        tradeoff: The price (loss per unit of cost saved) that produced it.
+        tradeoff: The price (loss per unit of cost saved) that produced it (None when single moves after the price
+            search produced it).
         probes: Every ``(tradeoff, achieved)`` tried, in order.
     """
 
@@ -83,7 +92,7 @@ class Allocation:
     target: float
     achieved: float
     predicted_loss: float
-    tradeoff: float
+    tradeoff: float | None
     probes: list[tuple[float, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -176,28 +185,66 @@ def choose_ratios(curves: Sequence[LayerCurve], tradeoff: float) -> tuple[dict[i
     return ratios, predicted
 
 
+def cheapest_move(curves: Sequence[LayerCurve], ratios: dict[int, float], need: float) -> tuple[int, float] | None:
+    """Return the next ``(stage, larger ratio)`` toward saving ``need`` more of the cost at the least predicted loss.
+
+    Two kinds of move compete: the one with the least loss per unit of useful saving (at most ``need`` counts; any
+    larger grid ratio of a layer, not only the next: with a loss curve that jumps and then stays flat, two steps at
+    once is the efficient move), and
+    the one with the least loss among those that alone save ``need``. The finishing move wins when its loss is no more
+    than reaching ``need`` at the best efficiency would cost. None when no layer can give more.
+    """
+    efficient, finishing = None, None  # (key, move)
+    for curve in curves:
+        now = ratios.get(curve.stage, 0.0)
+        loss0, save0 = curve.at(now)
+        for r in _grid(curve):
+            if r <= now + 1e-9:
+                continue
+            loss, save = curve.at(r)
+            gained = save - save0
+            if gained <= 1e-12:
+                continue
+            added = loss - loss0 + SPREAD * (r * r - now * now)
+            useful = min(gained, need) if need > 0 else gained  # saving beyond the need buys nothing
+            if efficient is None or (added / useful, r - now) < efficient[0]:
+                efficient = ((added / useful, r - now), (curve.stage, r))
+            if gained >= need and (finishing is None or (added, r - now) < finishing[0]):
+                finishing = ((added, r - now), (curve.stage, r))
+    if finishing is not None and (efficient is None or finishing[0][0] <= efficient[0][0] * need):
+        return finishing[1]
+    return None if efficient is None else efficient[1]
+
+
 def allocate(
     curves: Sequence[LayerCurve],
     measure: Callable[[dict[int, float]], float],
     target: float,
     tol: float = 0.02,
     max_probes: int = 24,
+    max_moves: int = 60,
     verbose: bool = True,
 ) -> Allocation:
     """Find per-layer ratios whose measured relative cost is at most ``target``, with the least predicted loss.
+
+    First a bisection on the trade-off price (`choose_ratios`), which only reaches allocations on the convex hull of
+    the curves: where a layer's loss jumps (a cut that is harmless at 0.3 and ruinous at 0.5), one price step can take
+    the cost from well above the target to well below it. Then, from the cheapest allocation still above the target,
+    single moves (`cheapest_move`) are added until the measured cost meets the target. The feasible allocation with the
+    least predicted loss wins.
 
     Args:
         curves: Layer curves (`curves_from_sensitivity`).
         measure: ``{stage: ratio} -> relative cost`` of the network pruned with those layer ratios (a pruned copy;
             the caller's model is not changed). Called once per distinct allocation.
         target: Wanted relative cost in (0, 1].
-        tol: Stop once the measured cost is within ``tol`` (relative) below the target.
-        max_probes: Most allocations measured.
-        verbose: Log each probe.
+        tol: Stop the bisection once the measured cost is within ``tol`` (relative) below the target.
+        max_probes: Most trade-off prices tried.
+        max_moves: Most single moves added after the bisection.
+        verbose: Log each measured allocation.
 
     Returns:
-        The `Allocation` with the least predicted loss among those that met the target (the cheapest-in-loss one
-        closest to the target).
+        The `Allocation` that met the target with the least predicted loss.
 
     Raises:
         ValueError: If no curve is given, or even the largest measured ratios in every layer miss the target.
@@ -207,21 +254,25 @@ def allocate(
     seen: dict[tuple, float] = {}
     probes: list[tuple[float, float]] = []
 
-    def probe(tradeoff: float) -> tuple[dict[int, float], float, float]:
-        ratios, predicted = choose_ratios(curves, tradeoff)
+    def predicted_loss(ratios: dict[int, float]) -> float:
+        return sum(c.at(ratios.get(c.stage, 0.0))[0] for c in curves)
+
+    def cost(ratios: dict[int, float], how: str) -> float:
         key = tuple(sorted(ratios.items()))
         if key not in seen:
             seen[key] = float(measure(ratios))
             if verbose:
                 LOGGER.info(
-                    f"{PREFIX}allocation at trade-off {tradeoff:.3g}: keeps {seen[key]:.1%} of the cost "
-                    f"(target {target:.1%}), predicted loss {predicted:.4f}"
+                    f"{PREFIX}allocation ({how}): keeps {seen[key]:.1%} of the cost (target {target:.1%}), "
+                    f"predicted loss {predicted_loss(ratios):.4f}"
                 )
-        probes.append((tradeoff, seen[key]))
-        return ratios, predicted, seen[key]
+        return seen[key]
 
-    def result(tradeoff: float, found: tuple[dict[int, float], float, float]) -> Allocation:
-        return Allocation(found[0], target, found[2], found[1], tradeoff, probes)
+    def probe(tradeoff: float) -> tuple[dict[int, float], float, float]:
+        ratios, predicted = choose_ratios(curves, tradeoff)
+        found = cost(ratios, f"trade-off {tradeoff:.3g}")
+        probes.append((tradeoff, found))
+        return ratios, predicted, found
 
     low, high = 1e-5, 1e3  # trade-offs: hardly any pruning ... every layer at its largest measured ratio
     top = probe(high)
@@ -232,9 +283,9 @@ def allocate(
             f"still keeps {top[2]:.1%}; scan larger ratios (ratios=...) or set a smaller cut"
         )
     best_t, best = high, top
-    bottom = probe(low)
+    over = bottom = probe(low)
     if bottom[2] <= target:
-        return result(low, bottom)
+        return Allocation(bottom[0], target, bottom[2], bottom[1], low, probes)
     for _ in range(max_probes - 2):
         if target - best[2] <= tol * target:
             break
@@ -243,7 +294,20 @@ def allocate(
         if found[2] <= target:
             high, best_t, best = mid, mid, found
         else:
-            low = mid
+            low, over = mid, found
         if high / low < 1.0 + 1e-4:
             break
-    return result(best_t, best)
+    if target - best[2] > tol * target:  # a gap in the hull: walk from the allocation just above the target
+        ratios, now = dict(over[0]), over[2]
+        for _ in range(max_moves):
+            move = cheapest_move(curves, ratios, now - target)
+            if move is None:
+                break
+            ratios[move[0]] = move[1]
+            now = cost(ratios, f"layer {move[0]} to {move[1]:g}")
+            if now <= target:
+                predicted = predicted_loss(ratios)
+                if predicted < best[1] or (predicted == best[1] and seen[tuple(sorted(ratios.items()))] > best[2]):
+                    best_t, best = None, (ratios, predicted, seen[tuple(sorted(ratios.items()))])
+                break
+    return Allocation(best[0], target, best[2], best[1], best_t, probes)

@@ -138,3 +138,24 @@ def test_model_fingerprint_is_exact_and_thread_independent() -> None:
     with torch.no_grad():
         model.model[4].cv1.conv.weight[0, 0, 0, 0] += 1e-3
     assert model_fingerprint(model) != one
+
+
+def test_allocate_fills_a_gap_in_the_convex_hull() -> None:
+    """A layer whose loss jumps (harmless at 0.3, ruinous at 0.5) makes the price bisection jump from far above the
+    target to far below it; single moves then land just under the target at a lower predicted loss.
+
+    Mutations caught: returning the bisection's feasible point (cost 0.55 here, far below 0.8, predicted loss > 0.6),
+    or single moves chosen by raw efficiency (the head's large cut overshoots the need).
+    """
+    free = LayerCurve(0, [0.0, 0.3, 0.5], [0.0, 0.0, 0.0], [0.0, 0.05, 0.1])
+    jumpy = LayerCurve(1, [0.0, 0.3, 0.5], [0.0, 0.02, 0.6], [0.0, 0.05, 0.35])
+    gentle = LayerCurve(2, [0.0, 0.3, 0.5], [0.0, 0.03, 0.06], [0.0, 0.04, 0.08])
+    curves = [free, jumpy, gentle]
+
+    def measure(ratios: dict[int, float]) -> float:
+        return 1.0 - sum(c.at(ratios.get(c.stage, 0.0))[1] for c in curves)
+
+    found = allocate(curves, measure, target=0.8, verbose=False)
+    assert 0.75 <= found.achieved <= 0.8
+    assert found.predicted_loss < 0.1
+    assert found.ratios.get(1, 0.0) <= 0.3 + 1e-9

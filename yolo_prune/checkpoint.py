@@ -56,7 +56,7 @@ RESERVED_KEYS = frozenset(
 )
 
 
-def load_yolo(model: YOLO | str | Path | torch.nn.Module) -> YOLO:
+def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = None) -> YOLO:
     """Return an Ultralytics ``YOLO`` detector from a YOLO object, a local ``.pt`` checkpoint or a model yaml.
 
     This is the package's one checkpoint reader. A ``YOLO`` object is returned as is (the pruner works on a deep copy,
@@ -70,6 +70,8 @@ def load_yolo(model: YOLO | str | Path | torch.nn.Module) -> YOLO:
     Args:
         model (YOLO | str | Path | nn.Module): ``YOLO`` object, path to a ``.pt`` checkpoint, model yaml name or path,
             or an Ultralytics detection module.
+        nc (int, optional): For a model yaml, build the head with this many classes (as ``yolo train
+            model=x.yaml data=...`` does); checkpoints and objects keep their own head.
 
     Returns:
         (YOLO): The loaded detection model.
@@ -91,7 +93,7 @@ def load_yolo(model: YOLO | str | Path | torch.nn.Module) -> YOLO:
     name = str(model).strip()
     suffix = Path(name).suffix.lower()
     if suffix in {".yaml", ".yml"}:
-        return _check_detector(_yolo_from_yaml(name), f"'{name}'")
+        return _check_detector(_yolo_from_yaml(name, nc), f"'{name}'")
     if suffix == ".pt":
         return check_runs(_check_detector(_yolo_from_checkpoint(name), f"'{name}'"), f"'{name}'")
     raise ValueError(f"unsupported model '{name}': {ACCEPTED}")
@@ -176,10 +178,16 @@ def save_checkpoint(model: YOLO | torch.nn.Module, path: str | Path, /, **extra:
     return path
 
 
-def _yolo_from_yaml(name: str) -> YOLO:
-    """Build a randomly initialised YOLO from a yaml name or path, turning build failures into ValueErrors."""
+def _yolo_from_yaml(name: str, nc: int | None = None) -> YOLO:
+    """Build a randomly initialised YOLO from a yaml name or path (with ``nc`` classes when given), turning build
+    failures into ValueErrors."""
     try:
-        return YOLO(name)
+        yolo = YOLO(name)
+        if nc is not None and isinstance(yolo.model, DetectionModel) and int(yolo.model.model[-1].nc) != int(nc):
+            old = yolo.model
+            yolo.model = type(old)(old.yaml, nc=int(nc), verbose=False)
+            yolo.model.args, yolo.model.task = old.args, getattr(old, "task", yolo.task)
+        return yolo
     except FileNotFoundError as e:
         raise ValueError(
             f"unknown model yaml '{name}': no such file nor Ultralytics model config (e.g. 'yolo11n.yaml')"

@@ -462,7 +462,7 @@ def measure_model(
                         imgsz=imgsz,
                         batch=val_batch,
                         device=device,
-                        project=str(val_dir),
+                        project=str(val_dir.absolute()),  # relative: Ultralytics would use runs/detect/<project>
                         name=name,
                         exist_ok=True,
                     )

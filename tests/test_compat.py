@@ -12,7 +12,7 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.modules.block import AAttn
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_prune import prune
+from yolo_prune import prune, save_checkpoint
 from yolo_prune.checkpoint import load_yolo
 from yolo_prune.cli import main
 from yolo_prune.compat import aattn_qkv_order
@@ -91,7 +91,7 @@ def old_yolo12(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     return path, expected
 
 
-def test_old_aattn_checkpoint_is_migrated_with_equal_outputs_and_prunes(old_yolo12):
+def test_old_aattn_checkpoint_is_migrated_with_equal_outputs_and_prunes(old_yolo12, tmp_path, stock_param_counts):
     """An 8.3.x YOLO12 checkpoint loads in the qkv layout with the old math's outputs, then prunes and runs.
 
     Catches: a wrong row order in the qk/v -> qkv merge (outputs differ), BatchNorm rows not merged, or no migration
@@ -111,6 +111,8 @@ def test_old_aattn_checkpoint_is_migrated_with_equal_outputs_and_prunes(old_yolo
     assert pruned.prune_info["params_after"] < pruned.prune_info["params_before"]
     with torch.no_grad():
         assert pruned.model.eval()(x)[0].shape == expected.shape
+    saved = save_checkpoint(pruned, tmp_path / "pruned.pt")
+    assert stock_param_counts([saved]) == [pruned.prune_info["params_after"]]  # stock Ultralytics, no yolo_prune
 
 
 def test_checkpoint_that_does_not_run_is_refused_before_any_work(old_yolo12, tiny_data, tmp_path, capsys):

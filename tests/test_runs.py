@@ -160,7 +160,9 @@ def test_interrupted_fine_tune_resumes_to_the_pruned_layout(sig, tiny_data, tmp_
     assert _widths(run / "step1" / "weights" / "best.pt") == pruned
     assert _widths(last) == pruned
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == -1  # finished: optimizer stripped
-    assert not list(run.rglob("*.tmp"))
+    leftovers = [p.name for p in run.rglob("*.tmp")]  # a SIGKILL mid-write may leave its hidden temporary file
+    assert all(n.startswith((".last.pt.", ".best.pt.", ".pruned.pt.")) for n in leftovers), leftovers
+    assert sig == signal.SIGKILL or not leftovers
 
 
 KILLED_WRITER = textwrap.dedent(

@@ -283,10 +283,9 @@ def _saved_version(yolo: YOLO) -> str:
 def _yolo_from_module(module: torch.nn.Module) -> YOLO:
     """Load a copy of ``module`` as a ``YOLO`` object through a temporary FP32 checkpoint."""
     copy = _fp32_copy(module).cpu()
-    args = getattr(copy, "args", None)
     with tempfile.TemporaryDirectory(prefix="yolo_prune_") as tmp:
         path = Path(tmp) / "model.pt"
-        torch.save({"model": copy, "train_args": dict(args) if isinstance(args, dict) else {}}, path)
+        torch.save({"model": copy, "train_args": _train_args(copy, {})}, path)
         return _yolo_from_checkpoint(str(path), f"the given {type(module).__name__}")
 
 

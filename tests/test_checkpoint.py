@@ -174,6 +174,18 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive (not a torch file) in memory."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
 LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # how a legacy (non-zip) torch.save file starts
 
 
@@ -231,7 +243,12 @@ def test_load_yolo_refuses_damaged_archives_with_specific_reasons(tiny_ckpt, tmp
         "cut.pt": (data[: len(data) // 2], r"truncated or damaged \(zip archive unreadable: BadZipFile"),
         "flip.pt": (data[:-200_000] + bytes([data[-200_000] ^ 0xFF]) + data[-199_999:], r"CRC check failed"),
         "legacy-garbage.pt": (LEGACY_MAGIC + b"\x80\x02\x95" + b"\xff" * 64, r"could not be read|truncated"),
+        "zip-not-torch.pt": (_zip_bytes({"notes.txt": b"hello"}), r"zip archive without the data\.pkl record"),
     }
+    for name, obj in {"list.pt": [1, 2, 3], "no-model.pt": {"epoch": 3}, "str-model.pt": {"model": "yolo"}}.items():
+        torch.save(obj, tmp_path / name)  # wrong objects: valid torch files holding something else
+        with pytest.raises(ValueError, match=r"holds no YOLO model module"):
+            load_yolo(tmp_path / name)
     for name, (blob, match) in cases.items():
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(ValueError, match=match) as info:

@@ -81,6 +81,22 @@ def test_unmeasured_final_model_fails_the_command(tmp_path):
     assert "without a readable report" in unmeasured(tmp_path / "missing", "demo")
 
 
+def test_bench_exits_1_when_a_model_cannot_be_measured(tiny_data, tmp_path, capsys):
+    """``yolo-prune bench`` with one unreadable model writes the full report and exits 1 naming what failed.
+    Catches: the CLI ignoring the report's errors (exit 0)."""
+    from ultralytics import YOLO
+
+    good, broken = tmp_path / "good.pt", tmp_path / "broken.pt"
+    YOLO("yolov8n.yaml").save(good)
+    broken.write_bytes(b"\x00" * 64)
+    project = tmp_path / "bench"
+    args = [f"models={good},{broken}", f"data={tiny_data}", "imgsz=64", "runs=1", "warmup=0", f"project={project}"]
+    code = main(["bench", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "some models could not be validated or measured: broken [load]" in err[0]
+    assert {"report.json", "report.md", "results.csv"} <= set(os.listdir(project / "exp"))
+
+
 def _start_prune(model: Path, data: str, project: Path, epochs: int) -> subprocess.Popen:
     """Start ``yolo-prune prune`` in a child process (its own process group, so signals reach only it)."""
     args = [f"model={model}", f"data={data}", f"project={project}", f"epochs={epochs}"]

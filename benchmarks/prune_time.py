@@ -4,6 +4,7 @@ Usage:
     python benchmarks/prune_time.py                      # n-scale (t for v9, tiny for v3) of the nine families
     python benchmarks/prune_time.py --scales n s m l x   # more scales (yaml names are derived per family)
     python benchmarks/prune_time.py --models yolov9e.yaml yolov5n6u.yaml
+    python benchmarks/prune_time.py --variants --scales n s m l x   # -p2/-p6/-ghost variants at every scale
 
 Prints one row per model: seconds for ``prune_detection_model`` at ``--ratio``, parameter and GFLOPs (at 640) cut.
 """
@@ -37,6 +38,18 @@ FAMILIES = {
     "26": {s: f"yolo26{s}" for s in "nsmlx"},
 }
 
+# Variants of a family: other strides (-p2, -p6) or blocks (-ghost); yaml names per scale letter
+VARIANTS = {
+    "v5-p6": "yolov5{}-p6",
+    "v8-p2": "yolov8{}-p2",
+    "v8-p6": "yolov8{}-p6",
+    "v8-ghost": "yolov8{}-ghost",
+    "v8-ghost-p2": "yolov8{}-ghost-p2",
+    "v8-ghost-p6": "yolov8{}-ghost-p6",
+    "26-p2": "yolo26{}-p2",
+    "26-p6": "yolo26{}-p6",
+}
+
 
 def time_model(name: str, ratio: float, method: str) -> str:
     """Prune one model built from yaml and return its table row."""
@@ -60,10 +73,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", nargs="+", default=["n"])
     parser.add_argument("--models", nargs="+", help="explicit yaml names instead of --scales")
+    parser.add_argument("--variants", action="store_true", help="the -p2/-p6/-ghost variants instead of the families")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--method", default="l2")
     args = parser.parse_args()
     names = args.models or [f"{fam[s]}.yaml" for s in args.scales for fam in FAMILIES.values() if s in fam]
+    if args.variants and not args.models:
+        names = [f"{template.format(s)}.yaml" for s in args.scales for template in VARIANTS.values()]
     LOGGER.setLevel("ERROR")
     print(
         f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "

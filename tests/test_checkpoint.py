@@ -6,6 +6,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
@@ -35,7 +36,7 @@ def test_load_yolo_accepts_yolo_checkpoint_and_yaml(pruned_v5_ckpt):
 
 
 def _random_bytes(path: Path) -> Path:
-    path.write_bytes(os.urandom(2048))
+    path.write_bytes(random.Random(2048).randbytes(2048))  # seeded: the same bytes on every run
     return path
 
 
@@ -157,3 +158,99 @@ def test_saved_pruned_checkpoint_works_in_stock_ultralytics(pruned_v5_ckpt, tmp_
     assert result["params"] == pruned
     assert result["n_results"] == 1
     assert result["onnx_shape"][:2] == [1, 4 + nc]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A real checkpoint written by ``YOLO.save()`` for a yolov8n at width 1/16 (about 1.4 MB)."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load("yolov8n.yaml")
+    cfg["scales"] = {"n": [0.33, 0.0625, 1024]}
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel(cfg, verbose=False)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    yolo.save(path)
+    return path
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive (not a torch file) in memory."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # how a legacy (non-zip) torch.save file starts
+
+
+def _damaged_versions(data: bytes, rng: random.Random):
+    """Yield ``(kind, bytes)``: random files (bare, or behind a zip or legacy-torch header), truncations, bit flips and
+    zeroed blocks of ``data``."""
+    for i in range(300):
+        body = rng.randbytes(rng.randrange(0, 3000))
+        yield "random", (b"", b"PK\x03\x04", LEGACY_MAGIC, b"\x80\x02")[i % 4] + body
+    cuts = {1, 3, 4, 30, 100, len(data) // 2, len(data) - 23, len(data) - 22, len(data) - 1}
+    for cut in sorted(cuts | {rng.randrange(1, len(data)) for _ in range(50)}):
+        yield "truncated", data[:cut]
+    head = min(len(data), 4096)  # zip headers and the pickle live here: flips there exercise the parsers
+    for k in range(120):
+        pos = rng.randrange(head) if k % 2 else rng.randrange(len(data))
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        yield "bit-flip", bytes(flipped)
+    for _ in range(30):
+        start, size = rng.randrange(len(data)), rng.randrange(16, 4096)
+        yield "zeroed", data[:start] + bytes(len(data[start : start + size])) + data[start + size :]
+
+
+def test_load_yolo_fuzz_loads_or_refuses_with_one_line(tiny_ckpt, tmp_path):
+    """Seeded fuzz of the checkpoint reader: every damaged file is loaded or refused with a one-line ValueError.
+
+    Catches: unpickling before checking the format (MemoryError/OverflowError/UnicodeDecodeError from random bytes),
+    dropping the CRC check or the broad catch around the unpickler (BadZipFile, RuntimeError from a damaged archive).
+    """
+    data = tiny_ckpt.read_bytes()
+    target = tmp_path / "fuzz.pt"
+    outcomes: dict[str, dict[str, int]] = {}
+    for kind, blob in _damaged_versions(data, random.Random(11)):
+        target.write_bytes(blob)
+        try:
+            load_yolo(target)
+            result = "loaded"
+        except ValueError as e:
+            assert "\n" not in str(e) and str(e).startswith("'"), f"{kind}: {e!r}"
+            result = "refused"
+        outcomes.setdefault(kind, {"loaded": 0, "refused": 0})[result] += 1
+    assert outcomes["random"] == {"loaded": 0, "refused": 300}
+    assert outcomes["truncated"]["loaded"] == 0  # a torch zip cut anywhere loses its central directory
+    assert outcomes["bit-flip"]["refused"] > 100  # the CRCs catch flips in tensor data too
+    assert sum(outcomes["zeroed"].values()) == 30
+    assert os.listdir(tmp_path) == ["fuzz.pt"]  # nothing written next to the input
+
+
+def test_load_yolo_refuses_damaged_archives_with_specific_reasons(tiny_ckpt, tmp_path):
+    """Each kind of damage gets its own reason. Catches: a generic message for everything, or the CRC check removed
+    (a flipped tensor byte would load silently)."""
+    data = tiny_ckpt.read_bytes()
+    cases = {
+        "empty.pt": (b"", r"empty \(0 bytes\)"),
+        "cut.pt": (data[: len(data) // 2], r"truncated or damaged \(zip archive unreadable: BadZipFile"),
+        "flip.pt": (data[:-200_000] + bytes([data[-200_000] ^ 0xFF]) + data[-199_999:], r"CRC check failed"),
+        "legacy-garbage.pt": (LEGACY_MAGIC + b"\x80\x02\x95" + b"\xff" * 64, r"could not be read|truncated"),
+        "zip-not-torch.pt": (_zip_bytes({"notes.txt": b"hello"}), r"zip archive without the data\.pkl record"),
+    }
+    for name, obj in {"list.pt": [1, 2, 3], "no-model.pt": {"epoch": 3}, "str-model.pt": {"model": "yolo"}}.items():
+        torch.save(obj, tmp_path / name)  # wrong objects: valid torch files holding something else
+        with pytest.raises(ValueError, match=r"holds no YOLO model module"):
+            load_yolo(tmp_path / name)
+    for name, (blob, match) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ValueError, match=match) as info:
+            load_yolo(tmp_path / name)
+        assert "\n" not in str(info.value)

@@ -130,7 +130,10 @@ def run_bench(
     from ultralytics.utils.files import increment_path
 
     prefix = colorstr("bench: ")
+    from .pipeline import check_output_folder
+
     models = _split(models)
+    check_output_folder(project)
     run_dir = increment_path(Path(project) / name, mkdir=True)
     rows = []
     for i, (model, label) in enumerate(zip(models, _row_names(models), strict=True), 1):

@@ -34,10 +34,15 @@ from ultralytics.nn.tasks import DetectionModel, guess_model_task
 from ultralytics.utils import DEFAULT_CFG_KEYS, LOGGER, SETTINGS, colorstr
 from ultralytics.utils.torch_utils import qat_state, strip_qat
 
-__all__ = ["load_yolo", "save_checkpoint"]
+from .compat import migrate_layouts
+
+__all__ = ["check_runs", "load_yolo", "save_checkpoint"]
 
 PREFIX = colorstr("yolo-prune: ")
 SUPPORTED_TASKS = ("detect",)
+EXPECTED_PT = "expected a .pt from YOLO.save(), training (best.pt/last.pt) or yolo_prune.save_checkpoint"
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # first record of a legacy (non-zip) torch.save file
 ACCEPTED = "expected an ultralytics YOLO object, a local '.pt' checkpoint or a model yaml such as 'yolo11n.yaml'"
 
 # Top-level packages a checkpoint may refer to and still load in a plain Ultralytics environment
@@ -51,15 +56,22 @@ RESERVED_KEYS = frozenset(
 )
 
 
-def load_yolo(model: YOLO | str | Path) -> YOLO:
+def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = None) -> YOLO:
     """Return an Ultralytics ``YOLO`` detector from a YOLO object, a local ``.pt`` checkpoint or a model yaml.
 
-    A ``YOLO`` object is returned as is (the pruner works on a deep copy, so the caller's object is never changed).
-    A ``.pt`` path must exist locally: nothing is downloaded. A yaml name builds a randomly initialised model. The
-    input file is only read.
+    This is the package's one checkpoint reader. A ``YOLO`` object is returned as is (the pruner works on a deep copy,
+    so the caller's object is never changed). A bare detection module is loaded back through a temporary FP32
+    checkpoint, so the returned object owns a copy. A ``.pt`` path must exist locally: nothing is downloaded; its
+    format is checked before anything is unpickled, so every damaged file (empty, truncated, random bytes, bad zip or
+    CRC, pickle garbage, wrong object, missing modules) is refused with a one-line ``ValueError``. A model saved in an
+    older Ultralytics layout is migrated (see `yolo_prune.compat`), and the model must run one forward at a small
+    size. A yaml name builds a randomly initialised model. The input file is only read.
 
     Args:
-        model (YOLO | str | Path): ``YOLO`` object, path to a ``.pt`` checkpoint, or model yaml name or path.
+        model (YOLO | str | Path | nn.Module): ``YOLO`` object, path to a ``.pt`` checkpoint, model yaml name or path,
+            or an Ultralytics detection module.
+        nc (int, optional): For a model yaml, build the head with this many classes (as ``yolo train
+            model=x.yaml data=...`` does); checkpoints and objects keep their own head.
 
     Returns:
         (YOLO): The loaded detection model.
@@ -74,14 +86,16 @@ def load_yolo(model: YOLO | str | Path) -> YOLO:
     """
     if isinstance(model, Model):
         return _check_detector(model, "the given YOLO object")
+    if isinstance(model, torch.nn.Module):
+        return _check_detector(_yolo_from_module(model), f"the given {type(model).__name__}")
     if not isinstance(model, (str, Path)):
         raise ValueError(f"cannot load a model from a {type(model).__name__}: {ACCEPTED}")
     name = str(model).strip()
     suffix = Path(name).suffix.lower()
     if suffix in {".yaml", ".yml"}:
-        return _check_detector(_yolo_from_yaml(name), f"'{name}'")
+        return _check_detector(_yolo_from_yaml(name, nc), f"'{name}'")
     if suffix == ".pt":
-        return _check_detector(_yolo_from_checkpoint(name), f"'{name}'")
+        return check_runs(_check_detector(_yolo_from_checkpoint(name), f"'{name}'"), f"'{name}'")
     raise ValueError(f"unsupported model '{name}': {ACCEPTED}")
 
 
@@ -164,10 +178,16 @@ def save_checkpoint(model: YOLO | torch.nn.Module, path: str | Path, /, **extra:
     return path
 
 
-def _yolo_from_yaml(name: str) -> YOLO:
-    """Build a randomly initialised YOLO from a yaml name or path, turning build failures into ValueErrors."""
+def _yolo_from_yaml(name: str, nc: int | None = None) -> YOLO:
+    """Build a randomly initialised YOLO from a yaml name or path (with ``nc`` classes when given), turning build
+    failures into ValueErrors."""
     try:
-        return YOLO(name)
+        yolo = YOLO(name)
+        if nc is not None and isinstance(yolo.model, DetectionModel) and int(yolo.model.model[-1].nc) != int(nc):
+            old = yolo.model
+            yolo.model = type(old)(old.yaml, nc=int(nc), verbose=False)
+            yolo.model.args, yolo.model.task = old.args, getattr(old, "task", yolo.task)
+        return yolo
     except FileNotFoundError as e:
         raise ValueError(
             f"unknown model yaml '{name}': no such file nor Ultralytics model config (e.g. 'yolo11n.yaml')"
@@ -180,32 +200,146 @@ def _yolo_from_yaml(name: str) -> YOLO:
         raise ValueError(f"'{name}' is not a YOLO model yaml ({type(e).__name__}: {e}); {ACCEPTED}") from e
 
 
-def _yolo_from_checkpoint(name: str) -> YOLO:
-    """Load a local YOLO checkpoint without letting Ultralytics download or auto-install anything."""
+def _yolo_from_checkpoint(name: str, shown: str | None = None) -> YOLO:
+    """Load a local YOLO checkpoint without letting Ultralytics download or auto-install anything.
+
+    The file's format is checked before anything is unpickled (a torch zip archive with intact CRCs, or a legacy torch
+    file), so damaged files are refused with one line instead of whatever the unpickler raises on garbage
+    (``MemoryError``, ``OverflowError``, ``UnicodeDecodeError``, ...). A model saved in an older Ultralytics layout is
+    migrated (`yolo_prune.compat`), then run once at a small size.
+    """
+    shown = shown or f"'{name}'"
     file = Path(name).expanduser()
     if not file.is_file() and not file.is_absolute() and (Path(SETTINGS["weights_dir"]) / file).is_file():
         file = Path(SETTINGS["weights_dir"]) / file  # same local lookup as Ultralytics, minus the download
     if not file.is_file():
-        raise ValueError(f"checkpoint '{name}' not found: no such local file (nothing is downloaded); {ACCEPTED}")
+        raise ValueError(f"checkpoint {shown} not found: no such local file (nothing is downloaded); {ACCEPTED}")
+    problem = _format_problem(file)
+    if problem:
+        raise ValueError(f"{shown} is not an Ultralytics YOLO checkpoint: {problem}; {EXPECTED_PT}")
     if zipfile.is_zipfile(file):
         missing = sorted(g for g in _pickle_globals(file) if not _importable(g.split(".")[0]))
         if missing:
             raise ValueError(
-                f"'{name}' needs classes from modules that are not installed ({', '.join(missing[:3])}); "
+                f"{shown} needs classes from modules that are not installed ({', '.join(missing[:3])}); "
                 "save pruned models with yolo_prune.save_checkpoint so that they hold only stock classes"
             )
     try:
-        return YOLO(str(file))
-    except (TypeError, AttributeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, ImportError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "references types outside" in reason or isinstance(e, (AttributeError, KeyError)):
-            reason = "it holds no YOLO model module (a plain state_dict?)"
-        elif "not a loadable checkpoint" in reason or isinstance(e, (EOFError, pickle.UnpicklingError)):
-            reason = "the file is empty, truncated or not a PyTorch file"
+        yolo = YOLO(str(file))
+    except Exception as e:  # noqa: BLE001 - any failure of the unpickler means the same thing: not a usable file
+        raise ValueError(f"{shown} is not an Ultralytics YOLO checkpoint: {_load_reason(e)}; {EXPECTED_PT}") from e
+    if isinstance(yolo.model, torch.nn.Module):
+        changed = migrate_layouts(yolo.model)
+        if changed:
+            LOGGER.info(
+                f"{PREFIX}{shown} was saved by Ultralytics {_saved_version(yolo)}: migrated {len(changed)} module(s) "
+                f"to the layout of {__version__} ({changed[0]}{', ...' if len(changed) > 1 else ''})"
+            )
+    return yolo
+
+
+def check_runs(yolo: YOLO, what: str) -> YOLO:
+    """Return ``yolo`` if its model runs one eval forward at a small size, else raise a one-line ValueError.
+
+    A checkpoint can unpickle and still fail in the installed Ultralytics (a module whose attributes changed between
+    releases). The message names the error and both Ultralytics versions. Weights, BatchNorm statistics and the
+    train/eval mode are left as they were.
+
+    Args:
+        yolo (YOLO): A loaded detector.
+        what (str): How to name it in the message, e.g. ``"'best.pt'"``.
+
+    Returns:
+        (YOLO): ``yolo`` itself.
+
+    Raises:
+        ValueError: If the forward fails.
+    """
+    module = yolo.model
+    stride = int(max(getattr(module, "stride", torch.tensor([32])).tolist()))
+    p = next(module.parameters())
+    x = torch.zeros(1, 3, 2 * stride, 2 * stride, device=p.device, dtype=p.dtype)
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    except Exception as e:  # noqa: BLE001 - whatever breaks, the model cannot be pruned or used
         raise ValueError(
-            f"'{name}' is not an Ultralytics YOLO checkpoint: {reason}; expected a .pt from YOLO.save(), training "
-            "(best.pt/last.pt) or yolo_prune.save_checkpoint"
+            f"{what} loads but does not run under the installed Ultralytics {__version__} (saved by Ultralytics "
+            f"{_saved_version(yolo)}): {_first_line(e)}; re-export it with the Ultralytics that saved it, or install "
+            "that version"
         ) from e
+    finally:
+        module.train(was_training)
+    return yolo
+
+
+def _saved_version(yolo: YOLO) -> str:
+    """Return the Ultralytics version recorded in the checkpoint ``yolo`` was loaded from, or ``"unknown"``."""
+    ckpt = getattr(yolo, "ckpt", None)
+    return str(ckpt.get("version") or "unknown") if isinstance(ckpt, dict) else "unknown"
+
+
+def _yolo_from_module(module: torch.nn.Module) -> YOLO:
+    """Load a copy of ``module`` as a ``YOLO`` object through a temporary FP32 checkpoint."""
+    copy = _fp32_copy(module).cpu()
+    with tempfile.TemporaryDirectory(prefix="yolo_prune_") as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save({"model": copy, "train_args": _train_args(copy, {})}, path)
+        return _yolo_from_checkpoint(str(path), f"the given {type(module).__name__}")
+
+
+def _format_problem(file: Path) -> str | None:
+    """Return why ``file`` is not a readable PyTorch file (checked without unpickling), or None if it looks sound."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(len(LEGACY_MAGIC))
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or type(e).__name__})"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head.startswith(ZIP_MAGIC):
+        return _zip_problem(file)
+    if head == LEGACY_MAGIC:
+        return None  # legacy (pre-zip) torch format: the unpickler's errors are caught by the caller
+    if head[:1] in (b"{", b"[", b"#") or all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it is a text file, not a PyTorch file"
+    return "the file is not a PyTorch file (neither a torch zip archive nor a legacy torch file)"
+
+
+def _zip_problem(file: Path) -> str | None:
+    """Return why the zip archive ``file`` is not an intact torch checkpoint, or None (CRCs checked, nothing loaded)."""
+    try:
+        with zipfile.ZipFile(file) as zf:
+            names = zf.namelist()
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                return "it is a zip archive without the data.pkl record of a torch.save() file"
+            bad = zf.testzip()
+    except Exception as e:  # noqa: BLE001 - zipfile raises BadZipFile, EOFError, OSError, ValueError, ... on damage
+        return f"the file is truncated or damaged (zip archive unreadable: {_first_line(e)})"
+    if bad is not None:
+        return f"the file is damaged (CRC check failed for record '{bad}')"
+    return None
+
+
+def _load_reason(e: BaseException) -> str:
+    """Translate an exception raised while Ultralytics unpickled a checkpoint into a short reason."""
+    reason = _first_line(e)
+    if "Can't get attribute" in reason or isinstance(e, (ImportError, ModuleNotFoundError)):
+        return f"it needs a class the installed Ultralytics {__version__} does not have ({reason})"
+    if "references types outside" in reason or isinstance(e, (AttributeError, KeyError)):
+        return "it holds no YOLO model module (a plain state_dict?)"
+    if "not a loadable checkpoint" in reason or isinstance(e, (EOFError, pickle.UnpicklingError, MemoryError)):
+        return "the file is empty, truncated or not a PyTorch file"
+    return f"it could not be read ({reason})"
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """Return ``Type: first line of the message``, shortened to ``limit`` characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_detector(yolo: YOLO, what: str) -> YOLO:

@@ -13,6 +13,7 @@ where the last good model is.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 
 from .args import did_you_mean
 
-__all__ = ["COMMANDS", "entrypoint", "parse_key_values"]
+__all__ = ["COMMANDS", "entrypoint", "parse_key_values", "unmeasured"]
 
 DEBUG_ENV = "YOLO_PRUNE_DEBUG"
 PROG = "yolo-prune"
@@ -224,11 +225,44 @@ def usage(command: str | None = None) -> str:
     return head + "\n" + "\n\n".join(f"{PROG} {name}: {text}" for name, text in sections.items()) + "\n"
 
 
+def unmeasured(run_dir: Path, command: str) -> str | None:
+    """Return one line saying what could not be validated or measured in a finished run, or None if all was.
+
+    Read from the run's ``report.json``: the ``final`` row for ``prune``/``demo``, every row for ``bench``.
+
+    Args:
+        run_dir (Path): The run folder returned by the command.
+        command (str): ``prune``, ``demo`` or ``bench``.
+
+    Returns:
+        (str | None): The failure line (exit code 1), or None.
+    """
+    report = Path(run_dir) / "report.json"
+    try:
+        rows = json.loads(report.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the run finished without a readable report ({report})"
+    checked = rows if command == "bench" else [r for r in rows if r.get("name") == "final"]
+    if not checked:
+        return f"the report {report} has no final model row"
+    failed = [f"{r.get('name')} [{k}]" for r in checked for k in (r.get("errors") or {})]
+    if not failed:
+        return None
+    what = "the final model" if command != "bench" else "some models"
+    return (
+        f"{what} could not be validated or measured: {', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}; "
+        f"{report.with_name('report.md')} says why"
+    )
+
+
 def _error(message: str, code: int) -> int:
     """Print a one-line error on stderr and return ``code``."""
     first = " ".join(str(message).split()) or "unknown error"
     print(f"{PROG}: error: {first}", file=sys.stderr)
     return code
+
+
+MEASURED_COMMANDS = ("prune", "demo", "bench")  # a run whose final model was not measured exits with 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
 
             ensure_offline_font()
         args = parse_key_values(tokens)
-        COMMANDS[command](args, _command_line(argv))
-        return 0
+        result = COMMANDS[command](args, _command_line(argv))
+        failed = unmeasured(result, command) if command in MEASURED_COMMANDS else None
+        return _error(failed, 1) if failed else 0
     except KeyboardInterrupt as e:
         last = getattr(e, "last_good", None)
         where = f"; last good model: {last}" if last else ""

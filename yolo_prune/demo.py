@@ -179,7 +179,7 @@ def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -
 
     from ultralytics.utils import LOGGER, colorstr
 
-    from .pipeline import run_prune
+    from .pipeline import check_output_folder, run_prune
 
     start = time.perf_counter()
     prune_args = check_demo_args({"fast": fast, **overrides})
@@ -189,6 +189,7 @@ def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -
         settings["epochs"] = int(overrides["baseline_epochs"])
     if "imgsz" in prune_args:
         settings["imgsz"] = int(prune_args["imgsz"])
+    check_output_folder(prune_args.get("project", DEMO_DEFAULTS["project"]))  # before training the baseline
     baseline = baseline_checkpoint(settings)
     args = {
         **COMMON_TRAIN,

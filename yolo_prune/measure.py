@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import load_yolo  # the package's one checkpoint reader, re-exported for old imports
+
 __all__ = [
     "ACCEPTED_BACKENDS",
     "BackendUnavailableError",
@@ -69,28 +71,6 @@ def _save_module(model: nn.Module, path: Path) -> Path:
     module = deepcopy(_unwrap(model)).float().cpu()
     torch.save({"model": module, "train_args": dict(getattr(module, "args", {}) or {})}, path)
     return path
-
-
-def load_yolo(model_or_ckpt: Any):
-    """Return an Ultralytics `YOLO` object for a checkpoint path, a YOLO object or a detection module.
-
-    Paths and YOLO objects go through `yolo_prune.checkpoint.load_yolo` (clear errors, nothing downloaded). A bare
-    module is written to a temporary FP32 checkpoint and loaded back, so the returned object owns a copy.
-
-    Args:
-        model_or_ckpt (str | Path | YOLO | nn.Module): What to load.
-
-    Returns:
-        (ultralytics.YOLO): The loaded model (the same object when given a YOLO object).
-    """
-    from ultralytics.engine.model import Model
-
-    from .checkpoint import load_yolo as load_checked
-
-    if isinstance(model_or_ckpt, (Model, str, Path)):
-        return load_checked(model_or_ckpt)
-    with tempfile.TemporaryDirectory(prefix="yolo_prune_") as tmp:
-        return load_checked(_save_module(model_or_ckpt, Path(tmp) / "model.pt"))
 
 
 def count_params(model: nn.Module) -> int:
@@ -482,7 +462,7 @@ def measure_model(
                         imgsz=imgsz,
                         batch=val_batch,
                         device=device,
-                        project=str(val_dir),
+                        project=str(val_dir.absolute()),  # relative: Ultralytics would use runs/detect/<project>
                         name=name,
                         exist_ok=True,
                     )

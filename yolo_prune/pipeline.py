@@ -48,6 +48,7 @@ __all__ = [
     "PruneInterrupted",
     "budget_exceeded",
     "check_dataset_matches",
+    "check_output_folder",
     "parse_prune_args",
     "run_prune",
     "step_ratio",
@@ -299,12 +300,12 @@ def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_
     return baseline_map - map50_95 > max_map_drop + 1e-12
 
 
-def check_dataset_matches(data: str, nc: int) -> dict:
+def check_dataset_matches(data: str, nc: int | None) -> dict:
     """Load the dataset description and check that it has ``nc`` classes, before anything slow starts.
 
     Args:
         data (str): Dataset yaml (already resolved).
-        nc (int): Number of classes of the model's head.
+        nc (int | None): Number of classes of the model's head; None only loads and checks the dataset.
 
     Returns:
         (dict): The dataset description from ``check_det_dataset``.
@@ -324,12 +325,50 @@ def check_dataset_matches(data: str, nc: int) -> dict:
     except Exception as e:  # Ultralytics raises SyntaxError, KeyError, ConnectionError... on bad datasets
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot use dataset '{data}': {reason}") from None
-    if int(info["nc"]) != int(nc):
+    if nc is not None and int(info["nc"]) != int(nc):
         raise ValueError(
             f"dataset '{data}' has {info['nc']} classes but the model has {nc}: a pruned model keeps its head, so "
             "fine-tune it on data with the same classes"
         )
     return info
+
+
+def check_output_folder(project: str | Path) -> Path:
+    """Return ``project`` as a folder path that can be created and written, or raise a one-line ``ValueError``.
+
+    Checked before any work starts: the nearest existing folder on the way must be a writable folder (a file in the
+    way, or a read-only folder or file system, is refused). Nothing is created.
+
+    Args:
+        project (str | Path): The parent folder of runs (``project=``).
+
+    Returns:
+        (Path): ``project`` as an absolute path.
+
+    Raises:
+        ValueError: If a file is in the way or the folder cannot be written.
+    """
+    folder = Path(project).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"project={project} cannot be used: '{existing}' is a file, not a folder; choose another one")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"project={project} cannot be written: no write permission in '{existing}' (read-only?)")
+    return folder
+
+
+def _load_baseline(model: str, data: str) -> Any:
+    """Load the input model; a model yaml is built with the dataset's classes, as ``yolo train`` does."""
+    from .checkpoint import load_yolo
+
+    if Path(model).suffix.lower() not in {".yaml", ".yml"}:
+        return load_yolo(model)  # a checkpoint keeps its head: check_dataset_matches refuses other class counts
+    info = check_dataset_matches(data, None)
+    yolo = load_yolo(model, nc=int(info["nc"]))
+    yolo.model.names = dict(info["names"])
+    return yolo
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
@@ -390,7 +429,7 @@ def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, ep
         imgsz=args["imgsz"],
         batch=args["batch"],
         device=args["device"],
-        project=str(run_dir.resolve()),  # absolute: a relative project would land under runs/detect/
+        project=str(run_dir.resolve()),  # a relative project would land under runs/detect/<project>
         name=name,
         exist_ok=False,
         **train_args,
@@ -530,8 +569,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
 
     prefix = colorstr("prune: ")
     args = parse_prune_args(kwargs)
+    check_output_folder(args["project"])
     args["data"] = resolve_data(args["data"])
-    baseline = load_yolo(args["model"])  # ValueError for a missing or unreadable model; the file is only read
+    baseline = _load_baseline(args["model"], args["data"])  # ValueError for a missing or unreadable model
     nc = int(baseline.model.model[-1].nc)
     check_dataset_matches(args["data"], nc)
 

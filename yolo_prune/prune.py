@@ -22,11 +22,13 @@ from .rules import TracingPlan, check_supported, prepare_for_tracing
 __all__ = [
     "PruneStats",
     "check_fraction",
+    "check_pruned",
     "check_layer_ratios",
     "check_ratio",
     "prune",
     "prune_detection_model",
     "prune_seeded",
+    "reference_shapes",
 ]
 
 PREFIX = colorstr("yolo-prune: ")
@@ -248,9 +250,57 @@ def _plan_removals(
     for i, (group, count) in enumerate(zip(groups, counts, strict=True)):
         if count <= 0 or i in fixed or score(i) is None:
             continue
-        order = torch.argsort(scores[i], stable=True)
-        removals.append((group[0].dep.target.module, sorted(order[:count].tolist())))
-    return removals
+        removals.append((group[0].dep.target.module, _pick_channels(group, scores[i], count, plan.shared)))
+    return [(root, idxs) for root, idxs in removals if idxs]
+
+
+def _tied_root_channels(group: tp.dependency.Group, shared: Mapping[nn.Module, int]) -> list[list[int]]:
+    """Classes of root channels that reach the same channel of some layer, so must be removed together.
+
+    GhostConv feeds channel ``i`` of its primary conv to outputs ``i`` and ``c2 / 2 + i``; a group rooted at a conv
+    coupled with that output (a residual stream) sees two root channels for one channel of the primary conv. Removing
+    only one of them would leave the layers disagreeing on widths. ``shared`` maps modules whose output channels are
+    one channel space (see ``TracingPlan.shared``) to a common key. Most groups have only singletons.
+    """
+    n = len(group[0].idxs)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[int, int, int], int] = {}
+    for item in group:
+        module, handler = item.dep.target.module, item.dep.handler
+        space = (shared[module], 0) if module in shared and "out" in handler.__name__ else (id(module), id(handler))
+        for idx, root in zip(item.idxs, getattr(item, "root_idxs", item.idxs), strict=True):
+            key = (*space, int(idx))
+            if key in first:
+                parent[find(int(root))] = find(first[key])
+            else:
+                first[key] = int(root)
+    classes: dict[int, list[int]] = {}
+    for i in range(n):
+        classes.setdefault(find(i), []).append(i)
+    return list(classes.values())
+
+
+def _pick_channels(
+    group: tp.dependency.Group, scores: torch.Tensor, count: int, shared: Mapping[nn.Module, int]
+) -> list[int]:
+    """The ``count`` lowest-scored root channels of ``group``; tied channels go together (whole classes, at most
+    ``count`` channels in all, ranked by mean score)."""
+    classes = _tied_root_channels(group, shared)
+    if all(len(c) == 1 for c in classes):
+        return sorted(torch.argsort(scores, stable=True)[:count].tolist())
+    means = torch.stack([scores[c].mean() for c in classes])
+    picked: list[int] = []
+    for k in torch.argsort(means, stable=True).tolist():
+        if len(picked) + len(classes[k]) <= count:
+            picked.extend(classes[k])
+    return sorted(picked)
 
 
 def _apply_gradients(model: nn.Module, gradients: Mapping[str, torch.Tensor]) -> None:
@@ -325,7 +375,9 @@ def prune_detection_model(
 
     Raises:
         ValueError: On a bad ratio, ``layer_ratios`` together with ``global_pruning``, gradients that do not match the
-            model, or an unsupported model.
+            model, or an unsupported model; also when the result would be broken (a width of 0, a failing forward
+            in eval or train mode, changed output shapes), naming the block: the model is then left broken in
+            place, so prune a copy (as ``prune()`` does).
     """
     ratio = check_ratio(ratio)
     layer_ratios = check_layer_ratios(layer_ratios)
@@ -340,6 +392,7 @@ def prune_detection_model(
     device = next(model.parameters()).device
     example = torch.zeros(1, 3, size, size, device=device)
     params_before = sum(p.numel() for p in model.parameters())
+    reference = reference_shapes(model, example)  # checked again after pruning: a broken model is never returned
 
     was_training = model.training
     model.eval()
@@ -376,6 +429,7 @@ def prune_detection_model(
         for p in model.parameters():
             p.grad = None
     model.train(was_training)
+    check_pruned(model, example, reference)
     return PruneStats(
         groups=len(groups),
         channels_before=sum(len(g[0].idxs) for g in groups),
@@ -383,6 +437,97 @@ def prune_detection_model(
         params_before=params_before,
         params_after=sum(p.numel() for p in model.parameters()),
     )
+
+
+def _shapes(output: Any) -> list[tuple[int, ...]]:
+    """Flatten a model output (tensors in lists, tuples and dicts) into shapes; the head's ``feats`` (its input
+    feature maps, whose widths pruning changes) are left out."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, dict):
+        return [s for key in sorted(output) if key != "feats" for s in _shapes(output[key])]
+    if isinstance(output, (list, tuple)):
+        return [s for item in output for s in _shapes(item)]
+    return []
+
+
+def _run_shapes(model: nn.Module, x: torch.Tensor, training: bool) -> list[tuple[int, ...]]:
+    """Output shapes of one forward in train or eval mode; raises a ValueError naming the top-level block that failed.
+
+    Weights, BatchNorm statistics and the module's mode are left as they were.
+    """
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    entered: list[int] = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, i=i: entered.append(i)) for i, layer in enumerate(model.model)
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return _shapes(model.train(training)(x))
+    except Exception as e:  # noqa: BLE001 - any failure means the same: the network does not run
+        i = entered[-1] if entered else 0
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"layer {i} ({type(model.model[i]).__name__}) fails in {'train' if training else 'eval'} mode: "
+            f"{type(e).__name__}: {message[:200]}"
+        ) from e
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers and b.shape == buffers[name].shape:
+                    b.copy_(buffers[name])
+
+
+def reference_shapes(model: nn.Module, x: torch.Tensor) -> dict[bool, list[tuple[int, ...]]]:
+    """Output shapes of ``model`` in eval (``False``) and train (``True``) mode, for `check_pruned`.
+
+    Args:
+        model: An Ultralytics ``DetectionModel``.
+        x: A small input batch.
+
+    Raises:
+        ValueError: If the model does not run before pruning.
+    """
+    try:
+        return {training: _run_shapes(model, x, training) for training in (False, True)}
+    except ValueError as e:
+        raise ValueError(f"the model does not run before pruning: {e}") from e
+
+
+def check_pruned(model: nn.Module, x: torch.Tensor, reference: Mapping[bool, list[tuple[int, ...]]]) -> None:
+    """Raise a one-line ``ValueError`` naming the broken block unless the pruned ``model`` is sound.
+
+    Sound: every conv and BatchNorm keeps at least one channel, and one forward in eval and in train mode runs and
+    gives outputs of the shapes in ``reference`` (from `reference_shapes` before pruning).
+
+    Args:
+        model: The pruned ``DetectionModel``.
+        x: The input used for ``reference``.
+        reference: ``{training: output shapes}`` before pruning.
+    """
+    stage = _stage_of(model)
+    for name, module in model.named_modules():
+        widths = [getattr(module, k, 1) for k in ("in_channels", "out_channels", "num_features")]
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)) and min(widths) < 1:
+            i = stage.get(module, 0)
+            raise ValueError(
+                f"pruning broke layer {i} ({type(model.model[i]).__name__}): '{name}' was left with 0 channels; "
+                "this block's coupling is not supported, please report it"
+            )
+    for training in (False, True):
+        try:
+            shapes = _run_shapes(model, x, training)
+        except ValueError as e:
+            raise ValueError(f"pruning broke the model: {e}; this block is not supported, please report it") from e
+        if shapes != list(reference[training]):
+            raise ValueError(
+                f"pruning changed the output shapes in {'train' if training else 'eval'} mode "
+                f"({reference[training]} -> {shapes}); please report this model"
+            )
 
 
 def prune_seeded(

@@ -8,7 +8,7 @@ understands. After pruning the block is put back, made only of stock classes, wi
 
 Decisions written down:
 
-* C2f-like blocks (C2f, C3k2, C2fCIB, C2fPSA, RepNCSPELAN4, ELAN1, C2PSA, PSA) chunk ``cv1`` into two equal halves.
+* C2f-like blocks (C2, C2f, C3k2, C2fCIB, C2fPSA, RepNCSPELAN4, ELAN1, C2PSA, PSA) chunk ``cv1`` into two equal halves.
   For tracing, ``cv1`` is sliced into two temporary convs; the two halves are pruned by the same count (they are
   *twins*), then concatenated back into the stock ``cv1`` and ``c`` is updated.
 * Attention (``Attention`` in PSA/C2PSA/C3k2(attn), ``AAttn`` in A2C2f) is left intact on purpose: its width is tied
@@ -20,6 +20,10 @@ Decisions written down:
   branches of YOLOv10/YOLO26) is frozen, and DFL is never traced.
 * ADown chunks its input into two equal halves; the channels feeding it keep their width.
 * CBLinear/CBFuse (YOLOv9e) add fixed-size slices of one conv onto other branches; those widths are kept.
+* GhostConv concatenates its primary conv ``cv1`` (``c2 / 2`` outputs) with a depthwise ``cv2`` on it, so channel
+  ``i`` of ``cv1`` feeds outputs ``i`` and ``c2 / 2 + i``. A group rooted elsewhere (the residual stream of C3Ghost)
+  sees both as separate root channels; the pruner removes such *tied* root channels together (see
+  ``yolo_prune.prune``), so no conv is left with fewer outputs than its consumers expect.
 * Grouped convs that are not depthwise are frozen (none appear in the stock detection yamls).
 
 A new block means one new entry in ``BLOCK_RULES``.
@@ -87,12 +91,15 @@ class TracingPlan:
         frozen_in: Modules whose input channels must keep their number.
         twins: Pairs of temporary convs whose output widths must stay equal (the halves of one ``chunk``).
         unwrapped: Free ``nn.Parameter`` objects with the dimension that follows the channels.
+        shared: Modules whose output channels are one channel space, mapped to a common key (GhostConv's primary conv,
+            its depthwise conv and their BatchNorms): root channels that reach the same channel there are tied.
     """
 
     frozen_out: set[nn.Module] = field(default_factory=set)
     frozen_in: set[nn.Module] = field(default_factory=set)
     twins: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
     unwrapped: list[tuple[nn.Parameter, int]] = field(default_factory=list)
+    shared: dict[nn.Module, int] = field(default_factory=dict)
     _restore: list[Callable[[], None]] = field(default_factory=list)
 
     def patch_forward(self, module: nn.Module, forward: Callable) -> None:
@@ -197,6 +204,10 @@ def _elan_trace(self, x):
     return self.cv4(torch.cat(y, 1))
 
 
+def _c2_trace(self, x):
+    return self.cv2(torch.cat((self.m(self._cv1a(x)), self._cv1b(x)), 1))
+
+
 def _c2psa_trace(self, x):
     return self.cv2(torch.cat((self._cv1a(x), self.m(self._cv1b(x))), 1))
 
@@ -279,12 +290,19 @@ def _rule_repvggdw(block: RepVGGDW, plan: TracingPlan) -> None:
     plan.on_restore(lambda: setattr(block, "dim", block.conv.conv.out_channels))
 
 
+def _rule_ghostconv(block: GhostConv, plan: TracingPlan) -> None:
+    # Output = cat(cv1(x), cv2(cv1(x))) with cv2 depthwise: one channel of cv1 is two output channels.
+    for conv in (block.cv1, block.cv2):
+        plan.shared.update({m: id(block) for m in (conv.conv, getattr(conv, "bn", None)) if m is not None})
+
+
 def _rule_a2c2f(block: A2C2f, plan: TracingPlan) -> None:
     if block.gamma is not None:
         plan.unwrapped.append((block.gamma, 0))
 
 
 BLOCK_RULES: dict[type, Callable[[nn.Module, TracingPlan], None]] = {
+    C2: _rule_split(_c2_trace),
     C2f: _rule_split(_c2f_trace),
     C3k2: _rule_split(_c2f_trace),
     C2fCIB: _rule_split(_c2f_trace),
@@ -301,6 +319,7 @@ BLOCK_RULES: dict[type, Callable[[nn.Module, TracingPlan], None]] = {
     Detect: _rule_detect,
     v10Detect: _rule_detect,
     RepVGGDW: _rule_repvggdw,
+    GhostConv: _rule_ghostconv,
     A2C2f: _rule_a2c2f,
 }
 

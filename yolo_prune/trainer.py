@@ -19,13 +19,14 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 
-__all__ = ["PrunedDetectionTrainer"]
+__all__ = ["AtomicWritePath", "PrunedDetectionTrainer"]
 
 PREFIX = colorstr("yolo-prune: ")
 NO_MODEL = (
@@ -33,6 +34,18 @@ NO_MODEL = (
     "(YOLO('pruned.pt').train(trainer=PrunedDetectionTrainer, ...)) or set trainer.model to the module; "
     "a yaml model or pretrained=False would rebuild the unpruned network"
 )
+
+
+class AtomicWritePath(type(Path())):
+    """A path whose ``write_bytes`` goes through a temporary file and ``os.replace``: a process killed while the
+    Ultralytics trainer saves ``last.pt``/``best.pt`` leaves the previous complete file, never a truncated one."""
+
+    def write_bytes(self, data: bytes) -> int:
+        """Write ``data`` atomically and return its length."""
+        from .checkpoint import _write_atomic
+
+        _write_atomic(Path(self), bytes(data))
+        return len(data)
 
 
 class PrunedDetectionTrainer(DetectionTrainer):
@@ -48,6 +61,11 @@ class PrunedDetectionTrainer(DetectionTrainer):
         >>> trainer = PrunedDetectionTrainer(overrides={"model": "pruned.pt", "data": "data.yaml", "epochs": 1})
         >>> trainer.train()
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically."""
+        super().__init__(*args, **kwargs)
+        self.last, self.best = AtomicWritePath(self.last), AtomicWritePath(self.best)
 
     def get_model(
         self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True

@@ -210,3 +210,46 @@ def test_bad_inputs(tmp_path):
         assert "\n" not in message and needle in message.lower(), message
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest, "the input checkpoint must never change"
     assert sum(1 for _ in tmp_path.iterdir()) == 2
+
+
+def test_ratio_zero_removes_nothing_with_staggered_rounding():
+    """Widths that are not multiples of ``round_to`` (nc=90: head width 90) keep every channel at ratio 0.
+
+    Mutation caught: dropping the ``ratio <= 0`` early return in ``_keep_count`` (staggered rounding then removed 8
+    channels of yolov8n-nc90).
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=90, verbose=False)
+    params = sum(p.numel() for p in yolo.model.parameters())
+    for staggered in (False, True):
+        same = prune(yolo, ratio=0.0, staggered=staggered, verbose=False)
+        assert same.prune_info["channels_removed"] == 0, staggered
+        assert sum(p.numel() for p in same.model.parameters()) == params
+
+
+def test_pruning_restores_requires_grad_and_training_mode():
+    """Each parameter keeps its ``requires_grad`` flag (the fixed DFL conv stays frozen) and the mode is restored,
+    also when pruning fails half-way.
+
+    Mutations caught: leaving every parameter at ``requires_grad=True`` after pruning; restoring
+    ``model.train(was_training)`` outside the ``finally`` (the failing call below would leave the model in eval mode).
+    """
+    from yolo_prune.importance import get_importance
+    from yolo_prune.prune import prune_detection_model
+
+    model = YOLO("yolov8n.yaml").model
+    model.model[0].conv.weight.requires_grad_(False)  # a user-frozen layer
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert not flags["model.22.dfl.conv.weight"] and not flags["model.0.conv.weight"]
+    model.train()
+    prune_detection_model(model, 0.5, get_importance("l2"))
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert model.training
+
+    bad = {"model.0.conv.weight": torch.ones(1)}  # gradients of another model: the call fails inside the try
+    with pytest.raises(ValueError, match="do not match"):
+        prune_detection_model(model, 0.5, get_importance("taylor"), gradients=bad)
+    assert model.training, "the training mode is restored when pruning fails"
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags

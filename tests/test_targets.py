@@ -93,3 +93,32 @@ def test_bad_target_inputs(base):
             prune(base, verbose=False, imgsz=IMGSZ, **kwargs)
         assert "\n" not in str(info.value) and needle in str(info.value), (kwargs, str(info.value))
     assert check_target(1, "target_macs") == 1.0
+
+
+def test_target_one_returns_the_unpruned_model_with_a_measured_cost(base):
+    """``target_macs=1.0`` keeps everything, and ``achieved`` is the measured MACs ratio of what is returned.
+
+    Mutations caught: ``ratio=0`` with staggered rounding removing channels of widths that are not multiples of
+    ``round_to`` (the nc=90 head); ``search_ratio`` reporting ``achieved=1.0`` without measuring the returned module.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=90, verbose=False)
+    kept = prune(yolo, target_macs=1.0, imgsz=IMGSZ, verbose=False)
+    found = kept.prune_info["target"]
+    assert kept.prune_info["channels_removed"] == 0 and found["ratio"] == 0.0
+    measured = count_gflops(kept.model, IMGSZ) / count_gflops(yolo.model, IMGSZ)
+    assert measured == 1.0 and found["achieved"] == measured and found["evaluations"] == [[0.0, measured]]
+
+
+def test_search_ratio_reports_the_measured_cost_at_target_one():
+    """At target 1.0 the search measures the model it returns instead of assuming its cost.
+
+    Mutation caught: hard-coding ``achieved=1.0`` for target 1.0 (the scripted cost says 0.8).
+    """
+    from yolo_prune.targets import search_ratio
+
+    module = torch.nn.Linear(1, 1)
+    search, got = search_ratio(lambda r: module, lambda m: 8.0, base_cost=10.0, target=1.0, verbose=False)
+    assert got is module and search.achieved == pytest.approx(0.8) and search.cost == 8.0

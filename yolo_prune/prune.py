@@ -101,8 +101,11 @@ def _check_max_ratio(max_ratio: float) -> float:
 def _keep_count(channels: int, ratio: float, round_to: int, min_channels: int, phase: float = 0.0) -> int:
     """Channels to keep in a group of ``channels``: rounded up to ``round_to``, at least ``min_channels``.
 
-    A ``phase`` in [0, 1) moves the rounding threshold: the width rounds up only past ``phase`` of a step.
+    A ``phase`` in [0, 1) moves the rounding threshold: the width rounds up only past ``phase`` of a step. A ratio of
+    0 keeps every channel, also when ``channels`` is not a multiple of ``round_to``.
     """
+    if ratio <= 0.0:
+        return channels
     keep = math.ceil(channels * (1.0 - ratio) / round_to - phase) * round_to
     return min(channels, max(keep, min_channels))
 
@@ -341,13 +344,16 @@ def prune_detection_model(
     params_before = sum(p.numel() for p in model.parameters())
 
     was_training = model.training
+    # torch-pruning replaces pruned parameters by new ones, so the flags are kept by name; restored even on an error
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    if gradients is not None:
-        _apply_gradients(model, gradients)
-    plan = prepare_for_tracing(model)
+    plan = None
     try:
+        if gradients is not None:
+            _apply_gradients(model, gradients)
+        plan = prepare_for_tracing(model)
         _slice_twin_gradients(model)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
@@ -371,10 +377,12 @@ def prune_detection_model(
                 pruner = graph.get_pruner_of_module(root)
                 graph.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
     finally:
-        plan.restore()
-        for p in model.parameters():
+        if plan is not None:
+            plan.restore()
+        for name, p in model.named_parameters():
             p.grad = None
-    model.train(was_training)
+            p.requires_grad_(requires_grad.get(name, True))
+        model.train(was_training)
     return PruneStats(
         groups=len(groups),
         channels_before=sum(len(g[0].idxs) for g in groups),

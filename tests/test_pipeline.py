@@ -35,11 +35,14 @@ def test_step_ratio_compounds_to_the_final_ratio() -> None:
 
 
 def test_budget_exceeded() -> None:
-    """The schedule stops only when mAP falls further than allowed (or could not be measured)."""
+    """The schedule stops only when mAP falls further than allowed (or the step could not be measured); without a
+    baseline the budget cannot be applied and nothing stops."""
     assert not budget_exceeded(0.5, 0.1, None)
     assert not budget_exceeded(0.5, 0.48, 0.02)
     assert budget_exceeded(0.5, 0.47, 0.02)
     assert budget_exceeded(0.5, None, 0.02)
+    assert not budget_exceeded(None, 0.1, 0.02)
+    assert not budget_exceeded(None, None, 0.02)
 
 
 def test_parse_prune_args() -> None:
@@ -95,3 +98,30 @@ def test_max_map_drop_keeps_last_model_within_budget(
     assert rows["final"]["from_step"] == 1 and rows["final"]["map50_95"] == 0.49
     assert (run / "weights" / "best.pt").read_bytes() == (run / "weights" / "step1-pruned.pt").read_bytes()
     assert any("stopped after step 2" in n for n in report["notes"])
+
+
+def test_max_map_drop_without_a_baseline_runs_the_whole_schedule(
+    model_nc6: Path, tiny_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A baseline that cannot be validated (mAP None) leaves the budget unapplied: every step runs, with one note.
+
+    Mutation caught: ``budget_exceeded`` counting a missing baseline as over budget (the run then stopped after step 1
+    with a message about step 1 dropping mAP).
+    """
+    scripted = {"baseline": None, "step1": 0.49, "step2": 0.45}
+
+    def fake_measure(model, name, path, args, out_dir):  # the pipeline's measurement seam; pruning stays real
+        return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
+
+    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+    run = run_prune(
+        model=str(model_nc6), data=tiny_data, steps=2, epochs=0, max_map_drop=0.02, project=tmp_path, **QUICK
+    )
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["baseline", "step1", "step2", "final"] and rows["final"]["from_step"] == 2
+    assert [n for n in report["notes"] if "not applied" in n] == [
+        "max_map_drop=0.02 is not applied: the baseline could not be validated, so there is no mAP50-95 to measure "
+        "the drop from; every step of the schedule runs"
+    ]
+    assert not any("stopped after" in n or "already drops" in n for n in report["notes"])

@@ -219,7 +219,8 @@ def step_ratio(ratio: float, steps: int) -> float:
 def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_drop: float | None) -> bool:
     """Return True when ``map50_95`` is more than ``max_map_drop`` (absolute points) below ``baseline_map``.
 
-    A missing budget never stops the schedule; a missing measurement (validation failed) does.
+    A missing budget never stops the schedule, and neither does a missing baseline (without one the budget cannot be
+    applied; `run_prune` warns once). A missing measurement of the checked model (its validation failed) does.
 
     Args:
         baseline_map (float | None): Baseline mAP50-95.
@@ -229,9 +230,9 @@ def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_
     Returns:
         (bool): Whether the model is outside the budget.
     """
-    if max_map_drop is None:
+    if max_map_drop is None or baseline_map is None:
         return False
-    if baseline_map is None or map50_95 is None:
+    if map50_95 is None:
         return True
     return baseline_map - map50_95 > max_map_drop + 1e-12
 
@@ -394,6 +395,13 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         rows = [_measure(baseline.model, "baseline", args["model"], args, measure_dir)]
         base_map = rows[0].get("map50_95")
         LOGGER.info(f"{prefix}baseline mAP50-95={_f(base_map)} mAP50={_f(rows[0].get('map50'))}")
+        if args["max_map_drop"] is not None and base_map is None:
+            msg = (
+                f"max_map_drop={args['max_map_drop']} is not applied: the baseline could not be validated, so there "
+                "is no mAP50-95 to measure the drop from; every step of the schedule runs"
+            )
+            LOGGER.warning(f"{prefix}{msg}")
+            notes.append(msg)
 
         current = baseline
         steps: list[dict] = []  # per finished step: row and checkpoints

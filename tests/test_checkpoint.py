@@ -157,3 +157,24 @@ def test_saved_pruned_checkpoint_works_in_stock_ultralytics(pruned_v5_ckpt, tmp_
     assert result["params"] == pruned
     assert result["n_results"] == 1
     assert result["onnx_shape"][:2] == [1, 4 + nc]
+
+
+def test_saved_checkpoint_drops_the_source_runs_metrics(tmp_path):
+    """A model loaded from a trained checkpoint keeps its train_args, but not the metrics of that (unpruned) run.
+
+    Mutation caught: copying ``train_metrics``/``train_results`` from ``YOLO.ckpt`` into the pruned checkpoint.
+    """
+    source = tmp_path / "trained.pt"
+    yolo = YOLO("yolov5nu.yaml")
+    yolo.save(source)
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    ckpt.update(
+        train_metrics={"metrics/mAP50-95(B)": 0.42},
+        train_results={"epoch": [1], "metrics/mAP50-95(B)": [0.42]},
+        train_args={"imgsz": 96, "epochs": 3},
+    )
+    torch.save(ckpt, source)
+    out = save_checkpoint(load_yolo(source), tmp_path / "pruned.pt")
+    saved = torch.load(out, map_location="cpu", weights_only=False)
+    assert "train_metrics" not in saved and "train_results" not in saved
+    assert saved["train_args"]["imgsz"] == 96, "the source's training arguments are kept"

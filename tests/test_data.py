@@ -147,11 +147,43 @@ def test_dataset_descriptions_match_the_code(name):
     assert list(description["names"].values()) == list(CLASS_NAMES)
 
 
-def test_ensure_offline_font_copies_only_missing_fonts(tmp_path, monkeypatch):
+def test_ensure_offline_font_leaves_the_user_config_alone(tmp_path, monkeypatch):
+    """Fonts are found offline without writing to the Ultralytics config folder (it stays exactly as it was).
+
+    Mutation caught: copying DejaVuSans as ``Arial.ttf`` into ``USER_CONFIG_DIR`` (the old behaviour), or not
+    registering anything (``check_font`` would then try github.com: the socket spy fails the test).
+    """
+    from matplotlib import font_manager
+    from ultralytics.utils import checks
+
+    monkeypatch.setattr(checks, "USER_CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("network lookup"))
+    (tmp_path / "Arial.ttf").write_bytes(b"mine")
     import ultralytics.utils
 
     monkeypatch.setattr(ultralytics.utils, "USER_CONFIG_DIR", tmp_path)
-    (tmp_path / "Arial.ttf").write_bytes(b"mine")
     ensure_offline_font()
-    assert (tmp_path / "Arial.ttf").read_bytes() == b"mine"
-    assert (tmp_path / "Arial.Unicode.ttf").stat().st_size > 100_000  # DejaVuSans from matplotlib
+    assert [p.name for p in tmp_path.iterdir()] == ["Arial.ttf"] and (tmp_path / "Arial.ttf").read_bytes() == b"mine"
+    found = Path(checks.check_font("Arial.Unicode.ttf"))
+    assert found.name == "Arial.Unicode.ttf" and tmp_path not in found.parents and found.stat().st_size > 100_000
+
+
+def test_easy_variant_options(tmp_path):
+    """Fewer, larger objects without clutter; only non-default options are recorded, so default files are unchanged.
+
+    Mutations caught: ignoring ``max_objects`` (the default allows 5 per image) or the size range; writing default
+    options into ``generator.json``/``data.yaml`` (that would change the built-in datasets' files).
+    """
+    easy = make_shapes_dataset(
+        tmp_path / "easy", n_train=24, n_val=0, imgsz=96, max_objects=2, min_size=0.3, max_size=0.6, clutter=False
+    )
+    counts = [len(f.read_text().splitlines()) for f in sorted((easy.parent / "labels" / "train").glob("*.txt"))]
+    assert max(counts) == 2 and min(counts) >= 1
+    assert max(max(r[3], r[4]) for r in read_labels(easy.parent)) > 0.3
+    params = yaml.safe_load((easy.parent / "generator.json").read_text())["params"]
+    assert params["max_objects"] == 2 and params["clutter"] is False
+    plain = make_shapes_dataset(tmp_path / "plain", **SMALL)
+    assert set(yaml.safe_load((plain.parent / "generator.json").read_text())["params"]) == {*SMALL, "seed"}
+    with pytest.raises(ValueError, match="min_size"):
+        make_shapes_dataset(tmp_path / "bad", min_size=0.7, max_size=0.5)

@@ -125,3 +125,24 @@ def test_max_map_drop_without_a_baseline_runs_the_whole_schedule(
         "the drop from; every step of the schedule runs"
     ]
     assert not any("stopped after" in n or "already drops" in n for n in report["notes"])
+
+
+@pytest.mark.slow
+def test_max_map_drop_stops_on_a_measured_drop(trained_detector, tmp_path: Path) -> None:
+    """On a trained detector, a two-step schedule whose second step costs real mAP stops there; step 1 is final.
+
+    Mutation caught: the budget compared against anything but the measured mAP50-95 (e.g. the baseline row itself,
+    or mAP50 of the same row): no step would exceed it and step 2 would become the final model.
+    """
+    t = trained_detector
+    quick = {**QUICK, "imgsz": t.imgsz, "batch": 16}
+    run = run_prune(
+        model=str(t.model), data=t.data, ratio=0.6, steps=2, epochs=0, max_map_drop=0.02, project=tmp_path, **quick
+    )
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-6)
+    assert rows["baseline"]["map50_95"] - rows["step1"]["map50_95"] <= 0.02
+    assert rows["baseline"]["map50_95"] - rows["step2"]["map50_95"] > 0.02
+    assert rows["final"]["from_step"] == 1 and any("stopped after step 2" in n for n in report["notes"])
+    assert (run / "weights" / "best.pt").read_bytes() == (run / "weights" / "step1-pruned.pt").read_bytes()

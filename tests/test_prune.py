@@ -253,3 +253,18 @@ def test_pruning_restores_requires_grad_and_training_mode():
         prune_detection_model(model, 0.5, get_importance("taylor"), gradients=bad)
     assert model.training, "the training mode is restored when pruning fails"
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_heavy_pruning_without_fine_tuning_lowers_the_measured_map(trained_detector):
+    """Removing half the channels of a trained detector costs most of its mAP50-95 (before any fine-tuning).
+
+    Mutation caught: ``prune`` returning the unpruned copy (or pruning a copy that is not returned): the mAP would
+    stay at the baseline.
+    """
+    from yolo_prune.measure import validate
+
+    t = trained_detector
+    pruned = prune(str(t.model), ratio=0.5, verbose=False)
+    got = validate(pruned, t.data, imgsz=t.imgsz, batch=16)
+    assert pruned.prune_info["channels_removed"] > 0
+    assert got["map50_95"] < 0.5 * t.map50_95, (got, t)

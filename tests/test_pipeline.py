@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from ultralytics import YOLO
 
 from yolo_prune import pipeline
 from yolo_prune.measure import count_params, new_row
@@ -81,7 +82,12 @@ def test_two_steps_prune_only(model_nc6: Path, tiny_data: str, tmp_path: Path) -
 def test_max_map_drop_keeps_last_model_within_budget(
     model_nc6: Path, tiny_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With scripted mAP (0.50, then 0.49, then 0.45) and max_map_drop=0.02, step 2 stops the run; step 1 is final."""
+    """With scripted mAP (0.50, then 0.49, then 0.45) and max_map_drop=0.02, step 2 stops the run; step 1 is final,
+    and each step really pruned (parameters counted on the models the pipeline handed to the measurement).
+
+    Mutations caught: pruning that does nothing (the step rows would have the baseline's parameter count); the final
+    model taken from the step that broke the budget.
+    """
     scripted = {"baseline": 0.50, "step1": 0.49, "step2": 0.45, "step3": 0.40}
 
     def fake_measure(model, name, path, args, out_dir):  # the pipeline's measurement seam; pruning stays real
@@ -96,7 +102,10 @@ def test_max_map_drop_keeps_last_model_within_budget(
     assert list(rows) == ["baseline", "step1", "step2", "final"]  # step 3 never ran
     assert not (run / "weights" / "step3-pruned.pt").exists()
     assert rows["final"]["from_step"] == 1 and rows["final"]["map50_95"] == 0.49
+    assert rows["baseline"]["params"] > rows["step1"]["params"] > rows["step2"]["params"]
+    assert rows["final"]["params"] == rows["step1"]["params"]
     assert (run / "weights" / "best.pt").read_bytes() == (run / "weights" / "step1-pruned.pt").read_bytes()
+    assert count_params(YOLO(str(run / "weights" / "best.pt")).model) == rows["step1"]["params"]
     assert any("stopped after step 2" in n for n in report["notes"])
 
 

@@ -10,7 +10,7 @@ from ultralytics import YOLO
 
 from yolo_prune import pipeline
 from yolo_prune.measure import count_params, new_row
-from yolo_prune.pipeline import budget_exceeded, parse_prune_args, run_prune, step_ratio
+from yolo_prune.pipeline import PRUNE_DEFAULTS, budget_exceeded, parse_prune_args, run_prune, step_ratio
 
 QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1}
 
@@ -155,3 +155,27 @@ def test_max_map_drop_stops_on_a_measured_drop(trained_detector, tmp_path: Path)
     assert rows["baseline"]["map50_95"] - rows["step2"]["map50_95"] > 0.02
     assert rows["final"]["from_step"] == 1 and any("stopped after step 2" in n for n in report["notes"])
     assert (run / "weights" / "best.pt").read_bytes() == (run / "weights" / "step1-pruned.pt").read_bytes()
+
+
+def test_device_defaults_to_what_ultralytics_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no ``device``, prune, bench and sensitivity use the first GPU when there is one, else the CPU; an
+    explicit device is kept.
+
+    Mutation caught: a ``device="cpu"`` default (a user with a GPU would fine-tune on the CPU).
+    """
+    import inspect
+
+    import torch
+
+    from yolo_prune import prune
+    from yolo_prune.bench import BENCH_DEFAULTS, parse_bench_args
+    from yolo_prune.sensitivity import SENSITIVITY_DEFAULTS, run_sensitivity
+
+    assert PRUNE_DEFAULTS["device"] is BENCH_DEFAULTS["device"] is SENSITIVITY_DEFAULTS["device"] is None
+    for function in (prune, run_sensitivity):
+        assert inspect.signature(function).parameters["device"].default is None, function.__name__
+    for available, expected in ((True, "0"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert parse_prune_args({"model": "m.pt", "data": "d.yaml", "backends": "onnx"})["device"] == expected
+        assert parse_bench_args({"models": "a.pt", "backends": "onnx"})["device"] == expected
+    assert parse_prune_args({"model": "m.pt", "data": "d.yaml", "device": "cpu"})["device"] == "cpu"

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean, is_none
+from .args import did_you_mean, is_none, resolve_device
 
 __all__ = [
     "PRUNE_DEFAULTS",
@@ -55,7 +55,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "epochs": 10,  # fine-tuning epochs per step; 0 = prune only
     "imgsz": 640,  # training, validation, GFLOPs and latency image size
     "batch": 16,  # training and validation batch size
-    "device": "cpu",
+    "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
     "global_pruning": False,  # rank channels across layers instead of removing `ratio` of every layer
     "round_to": 8,  # kept widths are multiples of this
@@ -183,7 +183,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["method"] = method
     if not isinstance(args["global_pruning"], bool):
         raise ValueError(f"global_pruning={args['global_pruning']!r} must be True or False")
-    args["device"] = str(args["device"])
+    args["device"] = resolve_device(args["device"])
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
     labels, errors = resolve_backends(backends, args["device"])

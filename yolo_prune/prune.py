@@ -439,7 +439,7 @@ def prune(
     target_macs: float | None = None,
     target_latency: float | None = None,
     backend: str = "torch",
-    device: str = "cpu",
+    device: str | None = None,
     imgsz: int = 640,
     data: str | None = None,
     calib_batches: int = 4,
@@ -471,7 +471,8 @@ def prune(
         target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched.
         target_latency: Keep at most this fraction of the latency measured on ``backend``/``device`` at ``imgsz``.
         backend: Latency backend for ``target_latency``: ``torch`` or ``onnx``.
-        device: Device for latency measurement and gradient collection.
+        device: Device for latency measurement and gradient collection; None picks the first GPU when there is one,
+            else the CPU (as Ultralytics does).
         imgsz: Image size for MACs, latency and gradient collection.
         data: Dataset yaml (or built-in name such as ``shapes.yaml``) whose training split feeds gradient criteria.
         calib_batches: Batches of training images for gradient criteria.
@@ -496,8 +497,10 @@ def prune(
         >>> pruned.prune_info["target"]["achieved"]  # measured MACs ratio, <= 0.5
         >>> pruned.save("yolo11n-pruned.pt")
     """
+    from .args import resolve_device
     from .targets import check_backend, check_target, cost_meter, search_ratio
 
+    device = resolve_device(device)
     importance = get_importance(method)
     given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
     if len(given) > 1:

@@ -41,7 +41,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone
     "imgsz": 640,  # validation (and gradient collection) image size
     "batch": 16,  # validation batch size
-    "device": "cpu",
+    "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance: l1, l2, bn, lamp, fpgm, taylor, hessian, random
     "stages": None,  # layer indices of model.model to analyse (e.g. 0,2,4); None = every layer
     "round_to": 8,  # kept widths are multiples of this
@@ -104,7 +104,7 @@ def run_sensitivity(
     ratios: Iterable[float] | str = (0.3, 0.5, 0.7),
     imgsz: int = 640,
     batch: int = 16,
-    device: str = "cpu",
+    device: str | None = None,
     method: str = "l2",
     stages: Iterable[int] | str | None = None,
     round_to: int = 8,
@@ -123,7 +123,7 @@ def run_sensitivity(
         ratios: Ratios in (0, 1) each layer is pruned at (a list, or ``"0.3,0.5"``).
         imgsz: Validation image size.
         batch: Validation batch size.
-        device: Ultralytics device string.
+        device: Ultralytics device string; None picks the first GPU when there is one, else the CPU.
         method: Importance criterion (see ``yolo_prune.importance.IMPORTANCE_METHODS``).
         stages: Layer indices of ``model.model`` to analyse; default every layer. Layers with no prunable channels
             (upsample, concat, ...) are listed but not validated.
@@ -142,6 +142,7 @@ def run_sensitivity(
         ValueError: On a missing ``model``/``data``, bad ``ratios``/``stages``, an unknown method or an unsupported
             model.
     """
+    from .args import resolve_device
     from .checkpoint import load_yolo
     from .data import resolve_data
     from .importance import collect_gradients, get_importance, needs_gradients
@@ -152,6 +153,7 @@ def run_sensitivity(
     if model is None or data is None:
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
     ratio_list = _check_ratios(ratios)
+    device = resolve_device(device)
     importance = get_importance(method)
     yolo = load_yolo(model)
     check_supported(yolo.model)

@@ -135,3 +135,12 @@ def test_validate_measures_the_given_trained_model(trained_detector):
     assert got == pytest.approx({"map50": t.map50, "map50_95": t.map50_95}, abs=1e-6)
     row = measure_model(load_yolo(t.model).model, t.data, imgsz=t.imgsz, backends="torch", runs=1, warmup=0)
     assert row["map50_95"] == pytest.approx(t.map50_95, abs=1e-6) and row["map50"] == pytest.approx(t.map50, abs=1e-6)
+
+
+def test_export_onnx_needs_an_output_folder(tiny_models):
+    """Without ``out_dir`` the export refuses instead of leaving a temporary folder that nobody removes.
+
+    Mutation caught: falling back to ``tempfile.mkdtemp`` (the folder leaked on every call).
+    """
+    with pytest.raises(ValueError, match="out_dir"):
+        export_onnx(tiny_models[1], imgsz=IMGSZ)

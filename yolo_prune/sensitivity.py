@@ -29,6 +29,8 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.files import increment_path
 
+from .report import save_figure, write_atomic
+
 __all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "run_sensitivity"]
 
 PREFIX = colorstr("yolo-prune: ")
@@ -204,8 +206,8 @@ def run_sensitivity(
         "stages": rows,
         "machine": machine_info(),
     }
-    (run_dir / "sensitivity.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "sensitivity.md").write_text(_markdown(results))
+    write_atomic(run_dir / "sensitivity.json", json.dumps(results, indent=2))
+    write_atomic(run_dir / "sensitivity.md", _markdown(results))
     _plot(results, run_dir / "sensitivity.png")
     if verbose:
         LOGGER.info(f"{PREFIX}sensitivity results saved to {run_dir}")
@@ -258,7 +260,7 @@ def _plot(results: dict, path: Path) -> None:
     if rows:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def layer_ratios(results: dict | str | Path, max_drop: float = 0.01, metric: str = "map50_95") -> dict[int, float]:

@@ -197,3 +197,17 @@ def test_easy_variant_options(tmp_path):
     assert set(yaml.safe_load((plain.parent / "generator.json").read_text())["params"]) == {*SMALL, "seed"}
     with pytest.raises(ValueError, match="min_size"):
         make_shapes_dataset(tmp_path / "bad", min_size=0.7, max_size=0.5)
+
+
+def test_the_suite_uses_a_temporary_ultralytics_config():
+    """Ultralytics' config folder (settings.json, fonts, DDP scripts) is a temporary one while the tests run.
+
+    Mutation caught: conftest setting ``YOLO_CONFIG_DIR`` after ultralytics is imported, or not at all (the suite
+    would write into the user's ~/.config/Ultralytics).
+    """
+    import tempfile
+
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    assert Path(USER_CONFIG_DIR).is_relative_to(os.environ["YOLO_CONFIG_DIR"])
+    assert Path(os.environ["YOLO_CONFIG_DIR"]).is_relative_to(tempfile.gettempdir())

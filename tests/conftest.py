@@ -206,10 +206,13 @@ class TrainedDetector:
 
 
 def _trained_key() -> str:
-    """Cache key: everything that changes the trained weights (recipe, data, generator and library versions)."""
+    """Cache key: everything that changes the trained weights (recipe, data, generator code and library versions)."""
     import ultralytics
 
-    parts = [TRAINED_DATA, TRAINED_RECIPE, GENERATOR_VERSION, ultralytics.__version__, torch.__version__]
+    from yolo_prune import data as data_module
+
+    generator = hashlib.sha256(Path(data_module.__file__).read_bytes()).hexdigest()
+    parts = [TRAINED_DATA, TRAINED_RECIPE, GENERATOR_VERSION, generator, ultralytics.__version__, torch.__version__]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -236,9 +239,9 @@ def _train_detector(folder: Path) -> TrainedDetector:
 def trained_detector(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TrainedDetector:
     """A yolov8n trained once to a clearly non-zero mAP, cached across sessions in pytest's cache.
 
-    The cache folder is keyed by the recipe, the data parameters, the generator version and the ultralytics and torch
-    versions; a half-written folder (no ``info.json``) is trained again. With the cache disabled, it is trained into
-    a temporary folder.
+    The cache folder is keyed by the recipe, the data parameters, the generator's version and source, and the
+    ultralytics and torch versions; a half-written folder (no ``info.json``) is trained again. With the cache
+    disabled, it is trained into a temporary folder.
     """
     key = f"trained-yolov8n-{_trained_key()}"
     cache = getattr(request.config, "cache", None)

@@ -150,7 +150,7 @@ def test_max_map_drop_stops_on_a_measured_drop(trained_detector, tmp_path: Path)
     )
     report = json.loads((run / "report.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
-    assert rows["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-6)
+    assert rows["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-3)
     assert rows["baseline"]["map50_95"] - rows["step1"]["map50_95"] <= 0.02
     assert rows["baseline"]["map50_95"] - rows["step2"]["map50_95"] > 0.02
     assert rows["final"]["from_step"] == 1 and any("stopped after step 2" in n for n in report["notes"])

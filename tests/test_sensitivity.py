@@ -97,7 +97,7 @@ def test_sensitivity_ranks_layers_by_a_real_drop(trained_detector, tmp_path):
         str(t.model), t.data, ratios=0.75, imgsz=t.imgsz, batch=16, stages=[2, 6, 15], project=tmp_path, verbose=False
     )
     results = json.loads((run / "sensitivity.json").read_text())
-    assert results["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-6)
+    assert results["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-3)
     drops = {row["stage"]: row["results"][0]["drop"] for row in results["stages"]}
     for row in results["stages"]:
         r = row["results"][0]

@@ -254,3 +254,24 @@ def test_load_yolo_refuses_damaged_archives_with_specific_reasons(tiny_ckpt, tmp
         with pytest.raises(ValueError, match=match) as info:
             load_yolo(tmp_path / name)
         assert "\n" not in str(info.value)
+
+
+def test_saved_checkpoint_drops_the_source_runs_metrics(tmp_path):
+    """A model loaded from a trained checkpoint keeps its train_args, but not the metrics of that (unpruned) run.
+
+    Mutation caught: copying ``train_metrics``/``train_results`` from ``YOLO.ckpt`` into the pruned checkpoint.
+    """
+    source = tmp_path / "trained.pt"
+    yolo = YOLO("yolov5nu.yaml")
+    yolo.save(source)
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    ckpt.update(
+        train_metrics={"metrics/mAP50-95(B)": 0.42},
+        train_results={"epoch": [1], "metrics/mAP50-95(B)": [0.42]},
+        train_args={"imgsz": 96, "epochs": 3},
+    )
+    torch.save(ckpt, source)
+    out = save_checkpoint(load_yolo(source), tmp_path / "pruned.pt")
+    saved = torch.load(out, map_location="cpu", weights_only=False)
+    assert "train_metrics" not in saved and "train_results" not in saved
+    assert saved["train_args"]["imgsz"] == 96, "the source's training arguments are kept"

@@ -84,10 +84,13 @@ def test_resolve_data_generates_once_then_reuses(tmp_path, monkeypatch):
     n = BUILTIN_DATASETS["shapes-tiny.yaml"]
     assert len(list(path.parent.glob("images/train/*"))) == n["n_train"]
     assert len(list(path.parent.glob("images/val/*"))) == n["n_val"]
-    mtimes = {p: p.stat().st_mtime_ns for p in path.parent.rglob("*")}
-    time.sleep(0.01)
-    assert Path(resolve_data("shapes-tiny.yaml")) == path
-    assert {p: p.stat().st_mtime_ns for p in path.parent.rglob("*")} == mtimes  # nothing rewritten
+    old = 1_000_000_000  # 2001: a rewritten file would get a current mtime, whatever the clock's resolution
+    for f in path.parent.rglob("*"):
+        os.utime(f, ns=(old, old))
+    with monkeypatch.context() as patch:
+        patch.setattr(data_module, "make_shapes_dataset", lambda *a, **k: pytest.fail("regenerated"))
+        assert Path(resolve_data("shapes-tiny.yaml")) == path
+    assert {p.stat().st_mtime_ns for p in path.parent.rglob("*")} == {old}  # nothing rewritten
 
     monkeypatch.setattr(data_module, "GENERATOR_VERSION", data_module.GENERATOR_VERSION + 1)
     assert Path(resolve_data("shapes-tiny.yaml")).parent != path.parent  # a new generator regenerates
@@ -99,7 +102,11 @@ def test_resolve_data_passes_other_names_through(name):
 
 
 def start_generation(root: Path) -> subprocess.Popen:
-    """Start a long generation of ``root`` in a child process and wait until it has written some files."""
+    """Start a long generation of ``root`` in a child process and wait until it has written some files.
+
+    The wait is generous (a busy machine can take many seconds to start Python and import cv2): it only bounds a
+    hang, and the child is ended on failure.
+    """
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "from yolo_prune.data import make_shapes_dataset; "
@@ -107,9 +114,12 @@ def start_generation(root: Path) -> subprocess.Popen:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 180
     while not list(root.parent.glob(f".{root.name}.partial-*/labels/train/*0020.txt")):
-        assert proc.poll() is None and time.monotonic() < deadline, "generation did not start"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"generation did not start (exit code {proc.returncode})")
         time.sleep(0.05)
     return proc
 
@@ -122,7 +132,7 @@ def test_interrupted_generation_is_never_taken_as_complete(tmp_path, monkeypatch
 
     proc = start_generation(root)
     proc.send_signal(sig)
-    proc.wait(timeout=20)
+    proc.wait(timeout=120)
     assert not root.exists()
     leftovers = list(tmp_path.glob(f".{root.name}.partial-*"))
     assert leftovers == [] if sig == signal.SIGINT else len(leftovers) == 1  # cleaned up unless killed hard
@@ -147,11 +157,57 @@ def test_dataset_descriptions_match_the_code(name):
     assert list(description["names"].values()) == list(CLASS_NAMES)
 
 
-def test_ensure_offline_font_copies_only_missing_fonts(tmp_path, monkeypatch):
+def test_ensure_offline_font_leaves_the_user_config_alone(tmp_path, monkeypatch):
+    """Fonts are found offline without writing to the Ultralytics config folder (it stays exactly as it was).
+
+    Mutation caught: copying DejaVuSans as ``Arial.ttf`` into ``USER_CONFIG_DIR`` (the old behaviour), or not
+    registering anything (``check_font`` would then try github.com: the socket spy fails the test).
+    """
+    from matplotlib import font_manager
+    from ultralytics.utils import checks
+
+    monkeypatch.setattr(checks, "USER_CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("network lookup"))
+    (tmp_path / "Arial.ttf").write_bytes(b"mine")
     import ultralytics.utils
 
     monkeypatch.setattr(ultralytics.utils, "USER_CONFIG_DIR", tmp_path)
-    (tmp_path / "Arial.ttf").write_bytes(b"mine")
     ensure_offline_font()
-    assert (tmp_path / "Arial.ttf").read_bytes() == b"mine"
-    assert (tmp_path / "Arial.Unicode.ttf").stat().st_size > 100_000  # DejaVuSans from matplotlib
+    assert [p.name for p in tmp_path.iterdir()] == ["Arial.ttf"] and (tmp_path / "Arial.ttf").read_bytes() == b"mine"
+    found = Path(checks.check_font("Arial.Unicode.ttf"))
+    assert found.name == "Arial.Unicode.ttf" and tmp_path not in found.parents and found.stat().st_size > 100_000
+
+
+def test_easy_variant_options(tmp_path):
+    """Fewer, larger objects without clutter; only non-default options are recorded, so default files are unchanged.
+
+    Mutations caught: ignoring ``max_objects`` (the default allows 5 per image) or the size range; writing default
+    options into ``generator.json``/``data.yaml`` (that would change the built-in datasets' files).
+    """
+    easy = make_shapes_dataset(
+        tmp_path / "easy", n_train=24, n_val=0, imgsz=96, max_objects=2, min_size=0.3, max_size=0.6, clutter=False
+    )
+    counts = [len(f.read_text().splitlines()) for f in sorted((easy.parent / "labels" / "train").glob("*.txt"))]
+    assert max(counts) == 2 and min(counts) >= 1
+    assert max(max(r[3], r[4]) for r in read_labels(easy.parent)) > 0.3
+    params = yaml.safe_load((easy.parent / "generator.json").read_text())["params"]
+    assert params["max_objects"] == 2 and params["clutter"] is False
+    plain = make_shapes_dataset(tmp_path / "plain", **SMALL)
+    assert set(yaml.safe_load((plain.parent / "generator.json").read_text())["params"]) == {*SMALL, "seed"}
+    with pytest.raises(ValueError, match="min_size"):
+        make_shapes_dataset(tmp_path / "bad", min_size=0.7, max_size=0.5)
+
+
+def test_the_suite_uses_a_temporary_ultralytics_config():
+    """Ultralytics' config folder (settings.json, fonts, DDP scripts) is a temporary one while the tests run.
+
+    Mutation caught: conftest setting ``YOLO_CONFIG_DIR`` after ultralytics is imported, or not at all (the suite
+    would write into the user's ~/.config/Ultralytics).
+    """
+    import tempfile
+
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    assert Path(USER_CONFIG_DIR).is_relative_to(os.environ["YOLO_CONFIG_DIR"])
+    assert Path(os.environ["YOLO_CONFIG_DIR"]).is_relative_to(tempfile.gettempdir())

@@ -59,6 +59,33 @@ def test_gradients_reach_twin_convs_and_change_the_choice(base, tiny_data):
     assert differs, "gradient scores keep other filters than weight norms"
 
 
+def test_twin_halves_get_their_own_gradient_slices():
+    """While a C2f's ``cv1`` is split into twin convs for tracing, each half gets the gradient rows of its own half.
+
+    Mutation caught: swapping the halves in ``_slice_twin_gradients`` (``_cv1a`` given rows ``c:2c``) or giving both
+    halves the same slice; an end-to-end "taylor differs from l2" check passes either way.
+    """
+    from yolo_prune.prune import _slice_twin_gradients
+    from yolo_prune.rules import prepare_for_tracing
+
+    model = YOLO("yolov8n.yaml").model
+    for p in model.parameters():
+        p.grad = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape)  # every row different
+    plan = prepare_for_tracing(model)
+    try:
+        _slice_twin_gradients(model)
+        blocks = [m for m in model.modules() if hasattr(m, "_cv1a")]
+        assert blocks
+        for block in blocks:
+            c = block._cv1a.conv.out_channels
+            for path in ("conv.weight", "bn.weight", "bn.bias"):
+                source = block.cv1.get_parameter(path).grad
+                assert torch.equal(block._cv1a.get_parameter(path).grad, source[:c]), path
+                assert torch.equal(block._cv1b.get_parameter(path).grad, source[c : 2 * c]), path
+    finally:
+        plan.restore()
+
+
 def test_hessian_uses_squared_per_image_gradients(base, tiny_data):
     """On one image the Hessian statistic is the square of the Taylor gradient; on more it averages per image."""
     taylor = collect_gradients(base.model, tiny_data, "taylor", batches=1, batch=1, imgsz=IMGSZ)

@@ -121,3 +121,26 @@ def test_measure_model_records_errors(tiny_models, tmp_path):
     for path in (bad, tmp_path / "missing.pt"):
         row = measure_model(path, imgsz=IMGSZ, runs=1, warmup=0, out_dir=tmp_path)
         assert "load" in row["errors"] and row["params"] is None and row["latency_ms"] == {}
+
+
+def test_validate_measures_the_given_trained_model(trained_detector):
+    """A trained detector scores a clearly non-zero mAP, with mAP50 >= mAP50-95, from a file and from a module alone.
+
+    Mutations caught: swapping ``map50`` and ``map50_95`` in ``validate``; validating another (untrained) model
+    instead of the one given (its mAP is about 0); ``measure_model`` dropping the mAP of an in-memory module.
+    """
+    t = trained_detector
+    got = validate(str(t.model), t.data, imgsz=t.imgsz, batch=16)
+    assert got["map50"] > got["map50_95"] > 0.04, got
+    assert got == pytest.approx({"map50": t.map50, "map50_95": t.map50_95}, abs=1e-3)
+    row = measure_model(load_yolo(t.model).model, t.data, imgsz=t.imgsz, backends="torch", runs=1, warmup=0)
+    assert row["map50_95"] == pytest.approx(t.map50_95, abs=1e-3) and row["map50"] == pytest.approx(t.map50, abs=1e-3)
+
+
+def test_export_onnx_needs_an_output_folder(tiny_models):
+    """Without ``out_dir`` the export refuses instead of leaving a temporary folder that nobody removes.
+
+    Mutation caught: falling back to ``tempfile.mkdtemp`` (the folder leaked on every call).
+    """
+    with pytest.raises(ValueError, match="out_dir"):
+        export_onnx(tiny_models[1], imgsz=IMGSZ)

@@ -96,13 +96,15 @@ def test_family_prunes_and_stays_valid(pruned_family, name):
     assert _stock_only(model) == [], "the pruned model must be made only of stock classes"
     # the input model is untouched (prune works on a copy)
     assert sum(p.numel() for p in r["base"].model.parameters()) == r["params"]
-    # width attributes are repaired: exporter's forward_split uses .c
+    # width attributes are repaired: the exporter switches C2f-like blocks to forward_split, which splits by .c
+    # (mutation caught: leaving .c at its unpruned value makes forward_split fail or differ from forward)
+    model.eval()
     for m in model.modules():
         if hasattr(m, "cv1") and hasattr(m, "c") and hasattr(m, "forward_split"):
             assert m.cv1.conv.out_channels == 2 * m.c
-            m.eval()
+            x = torch.rand(1, m.cv1.conv.in_channels, 8, 8)
             with torch.no_grad():
-                assert m.forward_split is not None
+                assert torch.allclose(m.forward_split(x), m(x), atol=1e-5)
     fused = r["pruned"].model
     fused.fuse(verbose=False)
     with torch.no_grad():
@@ -165,7 +167,14 @@ def test_ratio_zero_keeps_outputs(name):
 
 
 def test_pruning_twice_and_round_to():
-    once = prune("yolo11n.yaml", ratio=0.5, verbose=False)
+    """Pruning a pruned model shrinks it again, keeps widths multiples of round_to and the output shapes.
+
+    Mutation caught: a second pass that breaks the head (the output shapes would differ from the unpruned model's).
+    """
+    base = YOLO("yolo11n.yaml")
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    expected = _outputs(base.model, x)
+    once = prune(base, ratio=0.5, verbose=False)
     twice = prune(once, ratio=0.5, verbose=False)
     p1, p2 = (sum(p.numel() for p in m.model.parameters()) for m in (once, twice))
     assert p2 < p1
@@ -173,19 +182,27 @@ def test_pruning_twice_and_round_to():
     fixed = {head.dfl.conv, *(branch[-1] for branch in (*head.cv2, *head.cv3))}  # outputs defined by the task
     widths = [m.out_channels for m in twice.model.modules() if isinstance(m, torch.nn.Conv2d) and m not in fixed]
     assert all(w % 8 == 0 for w in widths), "kept widths are multiples of round_to=8"
-    twice.model.eval()
-    with torch.no_grad():
-        assert _shapes(twice.model(torch.rand(1, 3, IMGSZ, IMGSZ)))
+    assert _outputs(twice.model, x) == expected
 
 
-def test_methods_l1_random_differ():
-    l1 = prune("yolov8n.yaml", ratio=0.5, method="l1", verbose=False)
-    rnd = prune("yolov8n.yaml", ratio=0.5, method="random", seed=1, verbose=False)
-    p = [sum(q.numel() for q in m.model.parameters()) for m in (l1, rnd)]
-    assert p[0] == p[1], "same ratio -> same widths, whatever the criterion"
-    w1 = l1.model.model[0].conv.weight
-    w2 = rnd.model.model[0].conv.weight
-    assert not torch.equal(w1, w2), "different criteria keep different filters"
+def test_the_method_decides_which_filters_are_kept():
+    """On one base model: the same method and seed keep the same filters, another method or seed keeps others, and
+    ``l1`` keeps the first layer's filters of largest L1 norm.
+
+    Mutations caught: ignoring ``method`` (l1 and random would keep the same filters); ignoring ``seed`` for the
+    random criterion; keeping the lowest-scored filters instead of the highest.
+    """
+    base = YOLO("yolov8n.yaml")
+
+    def kept(method: str, seed: int = 0) -> torch.Tensor:
+        return prune(base, ratio=0.5, method=method, seed=seed, verbose=False).model.model[0].conv.weight
+
+    l1, rnd1 = kept("l1"), kept("random", seed=1)
+    assert l1.shape == rnd1.shape, "same ratio -> same widths, whatever the criterion"
+    assert torch.equal(l1, kept("l1")) and torch.equal(rnd1, kept("random", seed=1))
+    assert not torch.equal(l1, rnd1) and not torch.equal(rnd1, kept("random", seed=2))
+    full = base.model.model[0].conv.weight  # kept filters are stronger on average than the removed ones
+    assert l1.abs().sum((1, 2, 3)).mean() > full.abs().sum((1, 2, 3)).mean()
 
 
 def test_bad_inputs(tmp_path):
@@ -210,3 +227,61 @@ def test_bad_inputs(tmp_path):
         assert "\n" not in message and needle in message.lower(), message
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest, "the input checkpoint must never change"
     assert sum(1 for _ in tmp_path.iterdir()) == 2
+
+
+def test_ratio_zero_removes_nothing_with_staggered_rounding():
+    """Widths that are not multiples of ``round_to`` (nc=90: head width 90) keep every channel at ratio 0.
+
+    Mutation caught: dropping the ``ratio <= 0`` early return in ``_keep_count`` (staggered rounding then removed 8
+    channels of yolov8n-nc90).
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=90, verbose=False)
+    params = sum(p.numel() for p in yolo.model.parameters())
+    for staggered in (False, True):
+        same = prune(yolo, ratio=0.0, staggered=staggered, verbose=False)
+        assert same.prune_info["channels_removed"] == 0, staggered
+        assert sum(p.numel() for p in same.model.parameters()) == params
+
+
+def test_pruning_restores_requires_grad_and_training_mode():
+    """Each parameter keeps its ``requires_grad`` flag (the fixed DFL conv stays frozen) and the mode is restored,
+    also when pruning fails half-way.
+
+    Mutations caught: leaving every parameter at ``requires_grad=True`` after pruning; restoring
+    ``model.train(was_training)`` outside the ``finally`` (the failing call below would leave the model in eval mode).
+    """
+    from yolo_prune.importance import get_importance
+    from yolo_prune.prune import prune_detection_model
+
+    model = YOLO("yolov8n.yaml").model
+    model.model[0].conv.weight.requires_grad_(False)  # a user-frozen layer
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert not flags["model.22.dfl.conv.weight"] and not flags["model.0.conv.weight"]
+    model.train()
+    prune_detection_model(model, 0.5, get_importance("l2"))
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert model.training
+
+    bad = {"model.0.conv.weight": torch.ones(1)}  # gradients of another model: the call fails inside the try
+    with pytest.raises(ValueError, match="do not match"):
+        prune_detection_model(model, 0.5, get_importance("taylor"), gradients=bad)
+    assert model.training, "the training mode is restored when pruning fails"
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+def test_heavy_pruning_without_fine_tuning_lowers_the_measured_map(trained_detector):
+    """Removing half the channels of a trained detector costs most of its mAP50-95 (before any fine-tuning).
+
+    Mutation caught: ``prune`` returning the unpruned copy (or pruning a copy that is not returned): the mAP would
+    stay at the baseline.
+    """
+    from yolo_prune.measure import validate
+
+    t = trained_detector
+    pruned = prune(str(t.model), ratio=0.5, verbose=False)
+    got = validate(pruned, t.data, imgsz=t.imgsz, batch=16)
+    assert pruned.prune_info["channels_removed"] > 0
+    assert got["map50_95"] < 0.5 * t.map50_95, (got, t)

@@ -2,11 +2,12 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from yolo_prune.measure import new_row
-from yolo_prune.report import backends_in, compare_to_baseline, format_table, machine_info, write_report
+from yolo_prune.report import backends_in, compare_to_baseline, format_table, machine_info, write_atomic, write_report
 
 
 def make_rows(with_map: bool = True) -> list[dict]:
@@ -110,3 +111,31 @@ def test_backends_in_and_machine_info():
     info = machine_info()
     assert {"cpu", "cores", "versions", "date", "command", "gpu"} <= set(info)
     assert set(info["versions"]) >= {"torch", "ultralytics", "torch-pruning", "onnxruntime"}
+
+
+def test_reports_are_written_atomically(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous report intact and no temporary file behind; the report files
+    themselves go through ``write_atomic``.
+
+    Mutations caught: writing reports in place (``Path.write_text``: a failed write truncates the old file); leaving
+    the temporary file when the write fails.
+    """
+    from yolo_prune import report
+
+    target = tmp_path / "report.md"
+    write_atomic(target, "old report\n")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(target, "half \ud800 written")  # a lone surrogate cannot be encoded: fails mid-write
+    assert target.read_text() == "old report\n" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+    written = []
+
+    def spy(path, data):
+        written.append(Path(path).name)
+        return write_atomic(path, data)
+
+    monkeypatch.setattr(report, "write_atomic", spy)
+    files = write_report(make_rows(), tmp_path / "run")
+    assert sorted(written) == ["pareto.png", "report.json", "report.md", "results.csv"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in files.values())
+    assert list(csv.DictReader(files["csv"].open()))[0]["name"] == "baseline"

@@ -83,3 +83,26 @@ def test_bad_sensitivity_inputs(tiny_data, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing is written for bad input"
     with pytest.raises(ValueError, match="metric"):
         layer_ratios({}, metric="f1")
+
+
+def test_sensitivity_ranks_layers_by_a_real_drop(trained_detector, tmp_path):
+    """On a trained detector, pruning one layer costs a measured mAP that differs between layers, and
+    ``layer_ratios`` spares the most sensitive layer.
+
+    Mutation caught: the scan validating the unpruned network (or the baseline) for every layer: every drop would be
+    0, so no layer would rank above another.
+    """
+    t = trained_detector
+    run = run_sensitivity(
+        str(t.model), t.data, ratios=0.75, imgsz=t.imgsz, batch=16, stages=[2, 6, 15], project=tmp_path, verbose=False
+    )
+    results = json.loads((run / "sensitivity.json").read_text())
+    assert results["baseline"]["map50_95"] == pytest.approx(t.map50_95, abs=1e-3)
+    drops = {row["stage"]: row["results"][0]["drop"] for row in results["stages"]}
+    for row in results["stages"]:
+        r = row["results"][0]
+        assert r["channels_removed"] > 0 and r["drop"] == pytest.approx(t.map50_95 - r["map50_95"])
+    worst = max(drops, key=drops.get)
+    assert drops[worst] > 0.03 and drops[worst] - min(drops.values()) > 0.03, drops
+    ratios = layer_ratios(run, max_drop=0.01)
+    assert worst not in ratios and ratios, (drops, ratios)

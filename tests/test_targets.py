@@ -32,16 +32,46 @@ def test_target_macs_within_five_percent(base, target, global_pruning):
 
 
 def test_target_latency_is_met_on_the_measured_backend(base):
+    """A real latency search returns the model it measured: rebuilding it from the reported ratio gives the same
+    weights, and it is smaller than the base (MACs counted independently of the search).
+
+    Mutations caught: a target search that does not force staggered rounding (``prune(ratio=info["ratio"],
+    staggered=True)`` then rebuilds other widths); ``achieved`` reported as the target instead of the measured cost.
+    """
     # one thread: on a shared 2-core machine, two contending threads make single timings swing 100x
     pruned = prune(
         base, target_latency=0.9, backend="torch", imgsz=IMGSZ, latency_runs=10, latency_threads=1, verbose=False
     )
     found = pruned.prune_info["target"]
     assert found["kind"] == "latency" and found["backend"] == "torch"
-    assert found["achieved"] <= 0.9 and found["cost"] <= 0.9 * found["base_cost"]
-    assert found["achieved"] == found["cost"] / found["base_cost"]
-    assert [r for r, a in found["evaluations"] if a == found["achieved"]] == [found["ratio"]]
-    assert pruned.prune_info["channels_removed"] > 0
+    assert found["achieved"] <= 0.9 and found["achieved"] == pytest.approx(found["cost"] / found["base_cost"])
+    assert [found["ratio"], found["achieved"]] in found["evaluations"]
+    rebuilt = prune(base, ratio=found["ratio"], staggered=True, verbose=False).model.state_dict()
+    got = pruned.model.state_dict()
+    assert rebuilt.keys() == got.keys() and all(torch.equal(rebuilt[k], got[k]) for k in got)
+    assert count_gflops(pruned.model, IMGSZ) < count_gflops(base.model, IMGSZ)
+
+
+def test_target_search_returns_a_model_that_meets_the_target(base, monkeypatch):
+    """With a deterministic stand-in for latency (parameter count), the returned model's cost, recomputed here,
+    meets the target and is the reported ``achieved``.
+
+    Mutations caught: ``achieved`` reported as the target (or from another probe) instead of the returned model's
+    measured cost; accepting a probe above the target; returning a candidate other than the best one that met it.
+    """
+    from yolo_prune import targets
+
+    def params(module: torch.nn.Module) -> float:
+        return float(sum(p.numel() for p in module.parameters()))
+
+    monkeypatch.setattr(targets, "cost_meter", lambda kind, **kw: params)
+    pruned = prune(base, target_latency=0.6, imgsz=IMGSZ, verbose=False)
+    found = pruned.prune_info["target"]
+    kept = params(pruned.model) / params(base.model)
+    assert kept <= 0.6 and found["achieved"] == pytest.approx(kept, rel=1e-9)
+    met = [a for _, a in found["evaluations"] if a <= 0.6]
+    assert found["achieved"] == max(met), "the best candidate that met the target is returned"
+    assert 0.6 * (1 - 0.05) <= kept, "the search lands within its tolerance below the target"
 
 
 def test_global_pruning_respects_min_channels_and_ratio(base):
@@ -93,3 +123,32 @@ def test_bad_target_inputs(base):
             prune(base, verbose=False, imgsz=IMGSZ, **kwargs)
         assert "\n" not in str(info.value) and needle in str(info.value), (kwargs, str(info.value))
     assert check_target(1, "target_macs") == 1.0
+
+
+def test_target_one_returns_the_unpruned_model_with_a_measured_cost(base):
+    """``target_macs=1.0`` keeps everything, and ``achieved`` is the measured MACs ratio of what is returned.
+
+    Mutations caught: ``ratio=0`` with staggered rounding removing channels of widths that are not multiples of
+    ``round_to`` (the nc=90 head); ``search_ratio`` reporting ``achieved=1.0`` without measuring the returned module.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolov8n.yaml")
+    yolo.model = DetectionModel("yolov8n.yaml", nc=90, verbose=False)
+    kept = prune(yolo, target_macs=1.0, imgsz=IMGSZ, verbose=False)
+    found = kept.prune_info["target"]
+    assert kept.prune_info["channels_removed"] == 0 and found["ratio"] == 0.0
+    measured = count_gflops(kept.model, IMGSZ) / count_gflops(yolo.model, IMGSZ)
+    assert measured == 1.0 and found["achieved"] == measured and found["evaluations"] == [[0.0, measured]]
+
+
+def test_search_ratio_reports_the_measured_cost_at_target_one():
+    """At target 1.0 the search measures the model it returns instead of assuming its cost.
+
+    Mutation caught: hard-coding ``achieved=1.0`` for target 1.0 (the scripted cost says 0.8).
+    """
+    from yolo_prune.targets import search_ratio
+
+    module = torch.nn.Linear(1, 1)
+    search, got = search_ratio(lambda r: module, lambda m: 8.0, base_cost=10.0, target=1.0, verbose=False)
+    assert got is module and search.achieved == pytest.approx(0.8) and search.cost == 8.0

@@ -153,3 +153,41 @@ def test_refuses_to_swap_or_rebuild_the_model(pruned_v5_ckpt, tiny_data, tmp_pat
         YOLO(path).train(pretrained=False, **run)
     with pytest.raises(ValueError, match="got none: load it from a .pt checkpoint"):
         YOLO("yolov5nu.yaml").train(**run)
+
+
+@pytest.mark.slow
+def test_fine_tuning_recovers_the_map_lost_to_pruning(trained_detector, tmp_path):
+    """Two epochs of fine-tuning with the pruned trainer raise the measured mAP50-95 of a heavily pruned detector,
+    and the fine-tuned model is still the pruned one.
+
+    Mutations caught: a trainer that rebuilds or reloads the pruned model without training it (mAP stays at the
+    pruned value); one that trains the unpruned network (the parameter count check).
+    """
+    from yolo_prune import prune
+    from yolo_prune.measure import validate
+
+    t = trained_detector
+    pruned = prune(str(t.model), ratio=0.5, verbose=False)
+    path = save_checkpoint(pruned, tmp_path / "pruned.pt")
+    before = validate(str(path), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
+    recipe = {"batch": 16, "nbs": 16, "optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 0, "mosaic": 0.0}
+    recipe |= {"scale": 0.0, "translate": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "cache": "ram", "amp": False}
+    yolo = YOLO(str(path))
+    yolo.train(
+        trainer=PrunedDetectionTrainer,
+        data=t.data,
+        epochs=2,
+        imgsz=t.imgsz,
+        workers=0,
+        plots=False,
+        val=False,
+        device="cpu",
+        seed=0,
+        deterministic=True,
+        project=str(tmp_path),
+        name="ft",
+        **recipe,
+    )
+    after = validate(str(yolo.trainer.last), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
+    assert count_params(YOLO(str(yolo.trainer.last)).model) == count_params(pruned.model)
+    assert after > before + 0.01, (before, after)

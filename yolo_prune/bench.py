@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean, is_none
+from .args import did_you_mean, is_none, resolve_device
 from .measure import measure_model, new_row
 from .report import format_table, write_report
 
@@ -24,7 +24,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "imgsz": 640,
     "batch": 1,  # latency batch
     "val_batch": 16,
-    "device": "cpu",
+    "device": None,  # None = as Ultralytics: the first GPU when there is one (adds CUDA backends), else the CPU
     "backends": ("torch", "onnx"),  # or "torch,onnx"; also torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
     "threads": None,  # CPU threads for latency; None = every usable core
     "project": "runs/bench",
@@ -74,7 +74,7 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"{k}={args[k]!r} must be an integer") from e
     args["models"] = _split(args["models"])
     args["backends"] = tuple(_split(args["backends"]))
-    args["device"] = str(args["device"])
+    args["device"] = resolve_device(args["device"])
     if not args["models"]:
         raise ValueError("bench needs models=a.pt,b.pt (the first one is the baseline)")
     return args
@@ -93,7 +93,7 @@ def run_bench(
     data: str | None = None,
     imgsz: int = 640,
     batch: int = 1,
-    device: str = "cpu",
+    device: str | None = None,
     backends: Iterable[str] | str = ("torch", "onnx"),
     project: str | Path = "runs/bench",
     name: str = "exp",
@@ -113,7 +113,8 @@ def run_bench(
         data (str, optional): Dataset yaml for mAP.
         imgsz (int): Image size for GFLOPs, latency and validation.
         batch (int): Latency batch size.
-        device (str): Ultralytics device string; a GPU adds CUDA backends.
+        device (str, optional): Ultralytics device string; a GPU adds CUDA backends. None: the first GPU when there
+            is one, else the CPU (as Ultralytics).
         backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `yolo_prune.measure.resolve_backends`).
         project (str | Path): Parent folder of runs.
         name (str): Run name; incremented (`exp`, `exp-2`, ...) so no run is overwritten.
@@ -132,6 +133,7 @@ def run_bench(
     prefix = colorstr("bench: ")
     from .pipeline import check_output_folder
 
+    device = resolve_device(device)
     models = _split(models)
     check_output_folder(project)
     run_dir = increment_path(Path(project) / name, mkdir=True)

@@ -54,6 +54,8 @@ RESERVED_KEYS = frozenset(
     {"model", "ema", "epoch", "best_fitness", "updates", "optimizer", "scaler", "modelopt", "train_args"}
     | {"date", "version", "license", "docs"}
 )
+# Keys of a trained source checkpoint that describe the unpruned model's training run; a pruned model drops them
+SOURCE_RUN_KEYS = frozenset({"train_metrics", "train_results", "stopper"})
 
 
 def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = None) -> YOLO:
@@ -104,9 +106,10 @@ def save_checkpoint(model: YOLO | torch.nn.Module, path: str | Path, /, **extra:
 
     The file has the keys ``YOLO.save()`` writes (``model`` as the whole pickled module, ``date``, ``version``,
     ``license``, ``docs``, ``train_args``, ...), with ``ema=None`` and no optimizer state, so it is a fine-tuning
-    start point rather than a resumable run. Unlike ``YOLO.save()`` the weights stay FP32. The file is written to a
-    temporary file in the same folder, then moved into place with ``os.replace``, so readers never see a partial
-    file.
+    start point rather than a resumable run. The source run's ``train_metrics``, ``train_results`` and ``stopper``
+    are dropped: they describe the model before pruning. Unlike ``YOLO.save()`` the weights stay FP32. The file is
+    written to a temporary file in the same folder, then moved into place with ``os.replace``, so readers never see a
+    partial file.
 
     Overwrite rule: an existing file at ``path`` is replaced, except the checkpoint the model was loaded from
     (``YOLO.ckpt_path`` or the module's ``pt_path``), which is refused with a ``ValueError``: inputs are never
@@ -147,6 +150,7 @@ def save_checkpoint(model: YOLO | torch.nn.Module, path: str | Path, /, **extra:
         _check_plain(value, key)
 
     base = dict(yolo.ckpt) if yolo is not None and isinstance(yolo.ckpt, dict) else {}
+    base = {k: v for k, v in base.items() if k not in SOURCE_RUN_KEYS}  # metrics of the source run, not of this model
     ckpt = {
         **base,
         "epoch": -1,

@@ -113,12 +113,13 @@ def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> n
     return mask.astype(np.float32) / 255.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, clutter: bool = True) -> np.ndarray:
     """Draw a textured, cluttered background: colour gradient, low-frequency blotches, lines and arcs.
 
     Args:
         rng (np.random.Generator): Random source.
         size (int): Image side in pixels.
+        clutter (bool): Draw the lines and arcs (without them the random draws are the same, only nothing is drawn).
 
     Returns:
         (np.ndarray): Float32 BGR image of shape (size, size, 3), values roughly in [0, 255].
@@ -132,11 +133,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     blotches = rng.normal(0, rng.uniform(10, 45), (k, k, 3)).astype(np.float32)
     small = c0 + (c1 - c0) * g + cv2.resize(blotches, (mid, mid), interpolation=cv2.INTER_CUBIC)
     img = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(*BACKGROUND_LINES))):  # clutter: straight lines
+    for _ in range(int(rng.integers(*(BACKGROUND_LINES if clutter else (0, 1))))):  # clutter: straight lines
         p = rng.integers(-size // 4, size + size // 4, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    for _ in range(int(rng.integers(*BACKGROUND_ARCS))):  # clutter: open arcs (never a full closed contour)
+    for _ in range(int(rng.integers(*(BACKGROUND_ARCS if clutter else (0, 1))))):  # clutter: open arcs, never closed
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
         axes = tuple(int(v) for v in rng.integers(size // 20 + 1, size // 4 + 2, 2))
         start = float(rng.uniform(0, 360))
@@ -149,7 +150,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 Label = tuple[int, float, float, float, float]  # class, x_center, y_center, width, height (normalised)
 
 
-def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Label]]:
+def _render_image(
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int = MAX_OBJECTS,
+    size_range: tuple[float, float] = SIZE_RANGE,
+    clutter: bool = True,
+) -> tuple[np.ndarray, list[Label]]:
     """Render one image and its YOLO labels.
 
     Objects are placed one after another; a placement is rejected when it would leave any earlier object (or itself,
@@ -158,19 +165,22 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
     Args:
         rng (np.random.Generator): Random source for this image.
         size (int): Image side in pixels.
+        max_objects (int): 1 to ``max_objects`` objects are tried per image.
+        size_range (tuple[float, float]): Object diameters, as fractions of the image side (log-uniform).
+        clutter (bool): Draw lines and arcs behind and in front of the objects.
 
     Returns:
         (tuple[np.ndarray, list]): The uint8 BGR image and a list of (class, x_center, y_center, width, height)
             normalised to [0, 1].
     """
-    img = _background(rng, size)
+    img = _background(rng, size, clutter)
     owner = np.full((size, size), -1, np.int16)  # index of the object that owns each pixel
     classes: list[int] = []
     areas: list[float] = []  # full pixel count of each object (also the part outside the image)
     visible: list[int] = []  # pixels of each object still visible
     rects: list[tuple[int, int, int, int]] = []  # in-image extent (x0, y0, x1, y1) of each object
-    lo, hi = np.log(SIZE_RANGE[0] * size), np.log(SIZE_RANGE[1] * size)
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    lo, hi = np.log(size_range[0] * size), np.log(size_range[1] * size)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(len(CLASS_NAMES)))
         r = float(np.exp(rng.uniform(lo, hi))) / 2
         alpha = _shape_mask(cls, r, rng.uniform(0, 2 * np.pi), rng)
@@ -208,7 +218,7 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
         classes.append(cls)
         areas.append(area)
         rects.append((ix0, iy0, ix1, iy1))
-    for _ in range(int(rng.integers(*FRONT_LINES))):  # a few thin lines in front of the objects
+    for _ in range(int(rng.integers(*(FRONT_LINES if clutter else (0, 1))))):  # thin lines in front of the objects
         p = rng.integers(0, size, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, 1, cv2.LINE_AA)
@@ -232,7 +242,16 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
 
 
 def make_shapes_dataset(
-    root: str | Path, n_train: int = 800, n_val: int = 200, imgsz: int = 320, seed: int = 0
+    root: str | Path,
+    n_train: int = 800,
+    n_val: int = 200,
+    imgsz: int = 320,
+    seed: int = 0,
+    *,
+    max_objects: int = MAX_OBJECTS,
+    min_size: float = SIZE_RANGE[0],
+    max_size: float = SIZE_RANGE[1],
+    clutter: bool = True,
 ) -> Path:
     """Generate the shapes detection dataset in Ultralytics YOLO format under ``root``.
 
@@ -247,6 +266,11 @@ def make_shapes_dataset(
         n_val (int): Number of validation images.
         imgsz (int): Side of the square images in pixels.
         seed (int): Random seed; the same arguments give byte-identical files.
+        max_objects (int): At most this many objects per image (default `MAX_OBJECTS`).
+        min_size (float): Smallest object diameter as a fraction of the image side (default ``SIZE_RANGE[0]``).
+        max_size (float): Largest object diameter as a fraction of the image side (default ``SIZE_RANGE[1]``).
+        clutter (bool): Draw background lines and arcs and thin lines in front of the objects. Fewer, larger objects
+            on a clean background make an easy variant that a tiny model learns in seconds (the tests use one).
 
     Returns:
         (Path): Path of the written data yaml (``root / "data.yaml"``).
@@ -262,12 +286,23 @@ def make_shapes_dataset(
         raise FileExistsError(f"dataset folder {root} exists and is not empty")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+    style = {"max_objects": int(max_objects), "min_size": float(min_size), "max_size": float(max_size)}
+    style["clutter"] = bool(clutter)
+    defaults = {"max_objects": MAX_OBJECTS, "min_size": SIZE_RANGE[0], "max_size": SIZE_RANGE[1], "clutter": True}
+    if style["max_objects"] < 1 or not 0 < style["min_size"] <= style["max_size"] <= 1:
+        raise ValueError(f"need max_objects >= 1 and 0 < min_size <= max_size <= 1, got {style}")
     try:
         for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(count):
-                image, labels = _render_image(np.random.default_rng([seed, split_id, i]), imgsz)
+                image, labels = _render_image(
+                    np.random.default_rng([seed, split_id, i]),
+                    imgsz,
+                    style["max_objects"],
+                    (style["min_size"], style["max_size"]),
+                    style["clutter"],
+                )
                 ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
                 if not ok:
                     raise RuntimeError("JPEG encoding failed")
@@ -275,6 +310,7 @@ def make_shapes_dataset(
                 lines = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
                 (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
         params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
+        params |= {k: v for k, v in style.items() if v != defaults[k]}  # only what differs: default files unchanged
         info = {"generator": "yolo_prune.data.make_shapes_dataset", "version": GENERATOR_VERSION, "params": params}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
@@ -349,19 +385,34 @@ def resolve_data(data: str) -> str:
 
 
 def ensure_offline_font() -> None:
-    """Give Ultralytics its fonts locally so ``check_font()`` makes no network request.
+    """Let Ultralytics' ``check_font()`` find ``Arial.ttf`` and ``Arial.Unicode.ttf`` offline, for this process only.
 
-    Copies matplotlib's bundled DejaVuSans.ttf to ``USER_CONFIG_DIR/Arial.ttf`` and ``Arial.Unicode.ttf`` when they are
-    missing; existing files are never overwritten.
+    ``check_font()`` looks in ``USER_CONFIG_DIR``, then in matplotlib's font list, then downloads. When neither has the
+    font, matplotlib's bundled DejaVuSans.ttf is linked under those names into a temporary folder (removed when the
+    process exits) and added to matplotlib's in-memory font list. Nothing is written to the user's Ultralytics config
+    folder or to matplotlib's font cache.
     """
+    import atexit
+    import tempfile
+
     import matplotlib
+    from matplotlib import font_manager
     from ultralytics.utils import USER_CONFIG_DIR
 
     src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        dst = Path(USER_CONFIG_DIR) / name
-        if not dst.exists() and src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{name}.{uuid.uuid4().hex[:8]}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)  # whole file or nothing, even with concurrent callers
+    known = [f.fname for f in font_manager.fontManager.ttflist]
+    names = [
+        n
+        for n in ("Arial.ttf", "Arial.Unicode.ttf")
+        if not (Path(USER_CONFIG_DIR) / n).exists() and not any(n in f and os.path.exists(f) for f in known)
+    ]
+    if not names or not src.is_file():
+        return
+    folder = Path(tempfile.mkdtemp(prefix="yolo_prune_fonts_"))
+    atexit.register(shutil.rmtree, folder, True)
+    for name in names:
+        try:
+            (folder / name).symlink_to(src)
+        except OSError:  # no symlinks (some Windows setups): a copy in the same temporary folder
+            shutil.copyfile(src, folder / name)
+        font_manager.fontManager.addfont(str(folder / name))

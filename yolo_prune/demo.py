@@ -153,8 +153,11 @@ def baseline_checkpoint(settings: dict[str, Any]) -> Path:
         best = Path(yolo.trainer.best)
         best = best if best.is_file() else Path(yolo.trainer.last)
         tmp = folder / f".{stem}.{uuid.uuid4().hex[:8]}.tmp"
-        shutil.copyfile(best, tmp)
-        tmp.replace(cached)  # whole file or nothing: a half-trained baseline is never reused
+        try:
+            shutil.copyfile(best, tmp)
+            tmp.replace(cached)  # whole file or nothing: a half-trained baseline is never reused
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cached

@@ -162,7 +162,7 @@ def collect_gradients(
     from ultralytics.cfg import get_cfg
 
     home = next(model.parameters()).device
-    dev = torch.device(device) if device is not None else home
+    dev = home if device is None else torch.device(f"cuda:{device}" if str(device).isdigit() else device)
     held = {name: model.__dict__[name] for name in ("args", "criterion") if name in model.__dict__}
     was_training = model.training
     params = dict(model.named_parameters())

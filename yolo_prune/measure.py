@@ -222,15 +222,21 @@ def export_onnx(
         model_or_ckpt (str | Path | YOLO | nn.Module): Checkpoint path, YOLO object or module.
         imgsz (int): Square input size (static).
         batch (int): Batch size (static).
-        out_dir (str | Path, optional): Output folder; a new temporary folder when None.
+        out_dir (str | Path): Output folder (required: the caller owns the file and the folder, so nothing is left in
+            a temporary folder nobody removes).
         name (str, optional): File stem; defaults to the checkpoint stem or `model`.
 
     Returns:
         (Path): Path of the exported `.onnx` file.
+
+    Raises:
+        ValueError: Without ``out_dir``.
     """
     from ultralytics import YOLO
 
-    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="yolo_prune_onnx_"))
+    if out_dir is None:
+        raise ValueError("export_onnx needs out_dir= (e.g. a tempfile.TemporaryDirectory you remove afterwards)")
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     is_path = isinstance(model_or_ckpt, (str, Path))
     stem = name or (Path(model_or_ckpt).stem if is_path else "model")

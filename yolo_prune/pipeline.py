@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean, is_none
+from .args import did_you_mean, is_none, resolve_device
 
 __all__ = [
     "ALLOCATIONS",
@@ -71,7 +71,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "sparsity": 1e-4,  # strength of that penalty (L1 on BatchNorm scales)
     "imgsz": 640,  # training, validation, GFLOPs and latency image size
     "batch": 16,  # training and validation batch size
-    "device": "cpu",
+    "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
     "global_pruning": False,  # same as allocation=global (kept for compatibility)
     "round_to": 8,  # kept widths are multiples of this
@@ -235,7 +235,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["sparsity"] = _as_float("sparsity", args["sparsity"])
     if args["sparsity"] < 0:
         raise ValueError(f"sparsity={args['sparsity']} must be >= 0")
-    args["device"] = str(args["device"])
+    args["device"] = resolve_device(args["device"])
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
     labels, errors = resolve_backends(backends, args["device"])
@@ -283,7 +283,8 @@ def step_ratio(ratio: float, steps: int) -> float:
 def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_drop: float | None) -> bool:
     """Return True when ``map50_95`` is more than ``max_map_drop`` (absolute points) below ``baseline_map``.
 
-    A missing budget never stops the schedule; a missing measurement (validation failed) does.
+    A missing budget never stops the schedule, and neither does a missing baseline (without one the budget cannot be
+    applied; `run_prune` warns once). A missing measurement of the checked model (its validation failed) does.
 
     Args:
         baseline_map (float | None): Baseline mAP50-95.
@@ -293,9 +294,9 @@ def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_
     Returns:
         (bool): Whether the model is outside the budget.
     """
-    if max_map_drop is None:
+    if max_map_drop is None or baseline_map is None:
         return False
-    if baseline_map is None or map50_95 is None:
+    if map50_95 is None:
         return True
     return baseline_map - map50_95 > max_map_drop + 1e-12
 
@@ -599,6 +600,13 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         base_map = rows[0].get("map50_95")
         LOGGER.info(f"{prefix}baseline mAP50-95={_f(base_map)} mAP50={_f(rows[0].get('map50'))}")
         base_macs = count_gflops(baseline.model, args["imgsz"])
+        if args["max_map_drop"] is not None and base_map is None:
+            msg = (
+                f"max_map_drop={args['max_map_drop']} is not applied: the baseline could not be validated, so there "
+                "is no mAP50-95 to measure the drop from; every step of the schedule runs"
+            )
+            LOGGER.warning(f"{prefix}{msg}")
+            notes.append(msg)
 
         current = baseline
         if args["sparse_epochs"]:

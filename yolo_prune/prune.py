@@ -104,8 +104,11 @@ def _check_max_ratio(max_ratio: float) -> float:
 def _keep_count(channels: int, ratio: float, round_to: int, min_channels: int, phase: float = 0.0) -> int:
     """Channels to keep in a group of ``channels``: rounded up to ``round_to``, at least ``min_channels``.
 
-    A ``phase`` in [0, 1) moves the rounding threshold: the width rounds up only past ``phase`` of a step.
+    A ``phase`` in [0, 1) moves the rounding threshold: the width rounds up only past ``phase`` of a step. A ratio of
+    0 keeps every channel, also when ``channels`` is not a multiple of ``round_to``.
     """
+    if ratio <= 0.0:
+        return channels
     keep = math.ceil(channels * (1.0 - ratio) / round_to - phase) * round_to
     return min(channels, max(keep, min_channels))
 
@@ -395,13 +398,16 @@ def prune_detection_model(
     reference = reference_shapes(model, example)  # checked again after pruning: a broken model is never returned
 
     was_training = model.training
+    # torch-pruning replaces pruned parameters by new ones, so the flags are kept by name; restored even on an error
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    if gradients is not None:
-        _apply_gradients(model, gradients)
-    plan = prepare_for_tracing(model)
+    plan = None
     try:
+        if gradients is not None:
+            _apply_gradients(model, gradients)
+        plan = prepare_for_tracing(model)
         _slice_twin_gradients(model)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
@@ -425,10 +431,12 @@ def prune_detection_model(
                 pruner = graph.get_pruner_of_module(root)
                 graph.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
     finally:
-        plan.restore()
-        for p in model.parameters():
+        if plan is not None:
+            plan.restore()
+        for name, p in model.named_parameters():
             p.grad = None
-    model.train(was_training)
+            p.requires_grad_(requires_grad.get(name, True))
+        model.train(was_training)
     check_pruned(model, example, reference)
     return PruneStats(
         groups=len(groups),
@@ -619,7 +627,7 @@ def prune(
     target_macs: float | None = None,
     target_latency: float | None = None,
     backend: str = "torch",
-    device: str = "cpu",
+    device: str | None = None,
     imgsz: int = 640,
     data: str | None = None,
     calib_batches: int = 4,
@@ -652,7 +660,8 @@ def prune(
         target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched.
         target_latency: Keep at most this fraction of the latency measured on ``backend``/``device`` at ``imgsz``.
         backend: Latency backend for ``target_latency``: ``torch`` or ``onnx``.
-        device: Device for latency measurement and gradient collection.
+        device: Device for latency measurement and gradient collection; None picks the first GPU when there is one,
+            else the CPU (as Ultralytics does).
         imgsz: Image size for MACs, latency and gradient collection.
         data: Dataset yaml (or built-in name such as ``shapes.yaml``) whose training split feeds gradient criteria.
         calib_batches: Batches of training images for gradient criteria.
@@ -683,8 +692,10 @@ def prune(
         >>> pruned.save("yolo11n-pruned.pt")
         >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # measured allocation
     """
+    from .args import resolve_device
     from .targets import check_backend, check_target, cost_meter, search_ratio
 
+    device = resolve_device(device)
     importance = get_importance(method)
     given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
     if len(given) > 1:

@@ -13,16 +13,26 @@ Examples:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import platform
+import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["backends_in", "compare_to_baseline", "format_table", "machine_info", "write_report"]
+__all__ = [
+    "backends_in",
+    "compare_to_baseline",
+    "format_table",
+    "machine_info",
+    "save_figure",
+    "write_atomic",
+    "write_report",
+]
 
 _PACKAGES = ("torch", "ultralytics", "torch-pruning", "onnxruntime", "onnx", "onnxslim")
 
@@ -263,8 +273,43 @@ def _plot_pareto(rows: list[dict], path: Path) -> str | None:
     ax.set_title("accuracy against latency")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return None
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader (or a crash half-way) never sees a partial file: ``path`` holds the old content or the new one.
+
+    Args:
+        path (str | Path): Destination file; its folder is created if needed.
+        data (str | bytes): Text (written as UTF-8) or bytes.
+
+    Returns:
+        (Path): ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG to ``path`` atomically (see `write_atomic`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_atomic(path, buffer.getvalue())
 
 
 def _clean(x: Any) -> Any:
@@ -319,11 +364,12 @@ def write_report(
         "rows": [{**row, "vs_baseline": cmp} for row, cmp in zip(rows, comparisons, strict=True)],
         "notes": notes,
     }
-    files["json"].write_text(json.dumps(_clean(report), indent=2))
-    files["md"].write_text(_markdown(rows, title, machine, notes, "pareto.png" if "pareto" in files else None))
+    write_atomic(files["json"], json.dumps(_clean(report), indent=2))
+    write_atomic(files["md"], _markdown(rows, title, machine, notes, "pareto.png" if "pareto" in files else None))
     fields, flat = _csv_rows(rows)
-    with open(files["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(_clean(flat))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(_clean(flat))
+    write_atomic(files["csv"], text.getvalue())
     return files

@@ -29,6 +29,8 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.files import increment_path
 
+from .report import save_figure, write_atomic
+
 __all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
 
 PREFIX = colorstr("yolo-prune: ")
@@ -41,7 +43,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone
     "imgsz": 640,  # validation (and gradient collection) image size
     "batch": 16,  # validation batch size
-    "device": "cpu",
+    "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance: l1, l2, bn, lamp, fpgm, taylor, hessian, random
     "stages": None,  # layer indices of model.model to analyse (e.g. 0,2,4); None = every layer
     "round_to": 8,  # kept widths are multiples of this
@@ -155,7 +157,7 @@ def run_sensitivity(
     ratios: Iterable[float] | str = (0.3, 0.5, 0.7),
     imgsz: int = 640,
     batch: int = 16,
-    device: str = "cpu",
+    device: str | None = None,
     method: str = "l2",
     stages: Iterable[int] | str | None = None,
     round_to: int = 8,
@@ -175,7 +177,7 @@ def run_sensitivity(
         ratios: Ratios in (0, 1) each layer is pruned at (a list, or ``"0.3,0.5"``).
         imgsz: Validation image size.
         batch: Validation batch size.
-        device: Ultralytics device string.
+        device: Ultralytics device string; None picks the first GPU when there is one, else the CPU.
         method: Importance criterion (see ``yolo_prune.importance.IMPORTANCE_METHODS``).
         stages: Layer indices of ``model.model`` to analyse; default every layer. Layers with no prunable channels
             (upsample, concat, ...) are listed but not validated.
@@ -196,6 +198,7 @@ def run_sensitivity(
         ValueError: On a missing ``model``/``data``, bad ``ratios``/``stages``, an unknown method or an unsupported
             model.
     """
+    from .args import resolve_device
     from .checkpoint import load_yolo
     from .data import resolve_data
     from .importance import collect_gradients, get_importance, needs_gradients
@@ -206,6 +209,7 @@ def run_sensitivity(
     if model is None or data is None:
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
     ratio_list = _check_ratios(ratios)
+    device = resolve_device(device)
     importance = get_importance(method)
     yolo = load_yolo(model)
     check_supported(yolo.model)
@@ -261,8 +265,8 @@ def run_sensitivity(
         "stages": rows,
         "machine": machine_info(),
     }
-    (run_dir / "sensitivity.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "sensitivity.md").write_text(_markdown(results))
+    write_atomic(run_dir / "sensitivity.json", json.dumps(results, indent=2))
+    write_atomic(run_dir / "sensitivity.md", _markdown(results))
     _plot(results, run_dir / "sensitivity.png")
     if verbose:
         LOGGER.info(f"{PREFIX}sensitivity results saved to {run_dir}")
@@ -315,7 +319,7 @@ def _plot(results: dict, path: Path) -> None:
     if rows:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def layer_ratios(results: dict | str | Path, max_drop: float = 0.01, metric: str = "map50_95") -> dict[int, float]:

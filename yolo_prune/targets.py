@@ -179,9 +179,9 @@ def search_ratio(
             LOGGER.info(f"{PREFIX}target {kind}={target}: ratio {ratio:.4f} keeps {achieved:.1%}")
         return module, value, achieved
 
-    if target >= 1.0:  # nothing to remove
-        module = prune_copy(0.0)
-        return TargetSearch(kind, target, 0.0, 1.0, base_cost, base_cost, [(0.0, 1.0)]), module
+    if target >= 1.0:  # nothing to remove: ratio 0 (the unpruned network), its cost measured like any candidate
+        module, value, achieved = probe(0.0)
+        return TargetSearch(kind, target, 0.0, achieved, base_cost, value, evaluations), module
     aim = target * (1.0 - tol / 2)  # land inside [target * (1 - tol), target]
     lo, hi = (0.0, 1.0), None  # (ratio, achieved) that missed / met the target
     best, missed, moved = None, None, []

@@ -35,31 +35,14 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's yolo_prune
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers shared with study.py
 
+import study  # noqa: E402
+
 DATA = "shapes.yaml"
 IMGSZ = 128
 E = 6  # fine-tuning budget (epochs) of every row
-# Converged baseline: from scratch until validation mAP plateaus (linear LR decay to lrf, early stopping).
-BASELINE_RECIPE: dict[str, Any] = {
-    "imgsz": IMGSZ,
-    "epochs": 50,
-    "patience": 10,
-    "batch": 16,
-    "nbs": 16,
-    "optimizer": "AdamW",
-    "lr0": 0.003,
-    "lrf": 0.01,
-    "warmup_epochs": 1,
-    "warmup_bias_lr": 0.1,
-    "mosaic": 0.0,
-    "close_mosaic": 0,
-    "cache": "ram",
-    "workers": 2,
-    "seed": 0,
-    "deterministic": False,
-    "amp": False,
-    "plots": False,
-    "device": "cpu",
-}
+# Converged baseline: study.py's from-scratch recipe (AdamW lr0=0.003, nbs=16, no mosaic, cached images) run until
+# validation mAP plateaus (linear LR decay to lrf over 50 epochs, early stopping with patience 10).
+BASELINE_RECIPE: dict[str, Any] = {**study.BASELINE_RECIPE, "imgsz": IMGSZ, "epochs": 50, "patience": 10}
 # Shared by every fine-tuning row (pruned or not); the optimizer, lr0 and warm-up are yolo-prune's own defaults
 # (yolo_prune.pipeline.FINETUNE_DEFAULTS) unless a row says otherwise.
 COMMON = {k: BASELINE_RECIPE[k] for k in ("batch", "nbs", "mosaic", "close_mosaic", "cache", "workers", "amp", "plots")}
@@ -107,9 +90,8 @@ PLAN: list[tuple[str, int]] = [
     *[(r, 0) for r in ("ft", "sens-2x", "uniform-2x", "sens-2x-distill", "lowres-2x", "sens-3x", "lowres-3x")],
     *[(r, 0) for r in ("uniform-3x", "scratch-2x")],
     *[(r, 1) for r in ("ft", "sens-2x", "uniform-2x", "sens-2x-distill", "lowres-2x")],
-    *[(r, 0) for r in ("sens-2x-distill6", "sens-2x-ultralytics-recipe", "sens-2x-steps3", "sens-2x-sparse")],
-    *[(r, 0) for r in ("global-2x", "uniform-2x-distill")],
-    *[(r, 0) for r in ("sens-3x-distill", "scratch-3x", "scratch-2x-distill")],
+    *[(r, 0) for r in ("sens-2x-ultralytics-recipe", "sens-2x-distill6", "scratch-3x", "scratch-2x-distill")],
+    *[(r, 0) for r in ("sens-2x-steps3", "sens-2x-sparse", "global-2x", "uniform-2x-distill", "sens-3x-distill")],
     ("scratch-2x", 1),
 ]
 

@@ -257,3 +257,36 @@ def trained_detector(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     for child in folder.iterdir():  # an interrupted earlier attempt
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     return _train_detector(folder)
+
+
+@pytest.fixture
+def ddp_worker(tmp_path) -> Callable[..., dict]:
+    """Return ``run(trainer, report, inspect=None) -> dict``: generate Ultralytics' real DDP worker script for
+    ``trainer`` (after ``trainer.load_model()``, as ``train()`` does), run it as one worker (world size 1, no GPU here)
+    with ``report`` (code printing ``RESULT <json>``) appended, clean up, and return the reported dict. ``inspect`` is
+    called with the generated state file's path before the worker runs."""
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    def run(trainer, report: str, inspect: Callable[[Path], None] | None = None) -> dict:
+        trainer.load_model()  # what train() does before launching DDP workers
+        file = generate_ddp_file(trainer)  # the real Ultralytics DDP script and its cloudpickled state
+        try:
+            if inspect is not None:
+                inspect(Path(file).with_suffix(".pt"))
+            script = tmp_path / "ddp_worker.py"
+            script.write_text(Path(file).read_text() + textwrap.indent(textwrap.dedent(report), "    "))
+            env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE"}}
+            proc = subprocess.run(
+                [sys.executable, str(script)],
+                cwd=tmp_path,
+                env=env | {"YOLO_OFFLINE": "1"},
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            ddp_cleanup(trainer, file)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert not Path(file).exists()
+        return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    return run

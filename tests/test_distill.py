@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -198,19 +197,12 @@ print("RESULT " + json.dumps({
 
 
 @pytest.mark.slow
-def test_ddp_workers_rebuild_the_teacher(pruned_v5_ckpt, tiny_data, tmp_path) -> None:
+def test_ddp_workers_rebuild_the_teacher(pruned_v5_ckpt, tiny_data, tmp_path, ddp_worker) -> None:
     """Under DDP the pruned student travels by value and each worker rebuilds the distillation teacher from its path.
 
     Runs Ultralytics' real generated DDP worker script as one worker. Mutations caught: a trainer whose DDP hand-off
     drops ``distill_model`` (no wrapper in the worker) or sends the unpruned model as the student.
     """
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
-
     path, pruned, unpruned = pruned_v5_ckpt
     teacher = YOLO("yolov5nu.yaml")
     torch.manual_seed(0)
@@ -232,18 +224,5 @@ def test_ddp_workers_rebuild_the_teacher(pruned_v5_ckpt, tiny_data, tmp_path) ->
         "distill_model": str(tmp_path / "teacher.pt"),
         "dis": 1.0,
     }
-    trainer = PrunedDetectionTrainer(overrides=overrides)
-    trainer.load_model()  # what train() does before launching DDP workers
-    file = generate_ddp_file(trainer)
-    try:
-        script = tmp_path / "ddp_worker.py"
-        script.write_text(Path(file).read_text() + textwrap.indent(DDP_DISTILL_REPORT, "    "))
-        env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE"}}
-        proc = subprocess.run(
-            [sys.executable, str(script)], cwd=tmp_path, env=env | {"YOLO_OFFLINE": "1"}, capture_output=True, text=True
-        )
-    finally:
-        ddp_cleanup(trainer, file)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    result = ddp_worker(PrunedDetectionTrainer(overrides=overrides), DDP_DISTILL_REPORT)
     assert result == {"wrapper": "DistillationModel", "student": pruned, "teacher": unpruned, "teacher_frozen": True}

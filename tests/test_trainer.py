@@ -4,9 +4,6 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: nothing may be downloaded
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -15,7 +12,6 @@ import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
-from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file  # noqa: E402
 from ultralytics.utils.patches import torch_load  # noqa: E402
 
 from yolo_prune.checkpoint import save_checkpoint  # noqa: E402
@@ -105,34 +101,22 @@ DDP_REPORT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_ddp_workers_receive_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_path):
+def test_ddp_workers_receive_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_path, ddp_worker):
     path, pruned, _ = pruned_v5_ckpt
     overrides = {"model": str(path), "data": tiny_data, "project": str(tmp_path), "name": "ddp", "val": False, **TINY}
-    trainer = PrunedDetectionTrainer(overrides=overrides)
-    trainer.load_model()  # what train() does before launching DDP workers
-    file = generate_ddp_file(trainer)  # the real Ultralytics DDP script and its cloudpickled state
-    try:
-        state = torch_load(Path(file).with_suffix(".pt"), map_location="cpu")
+
+    def inspect(state_file: Path) -> None:
+        state = torch_load(state_file, map_location="cpu")
         assert state["trainer"] is PrunedDetectionTrainer  # by reference: importable as yolo_prune.trainer
         assert isinstance(state["model"], torch.nn.Module) and count_params(state["model"]) == pruned  # by value
-        # Run the generated worker script as one worker with world size 1 (no GPU here), then report
-        script = tmp_path / "ddp_worker.py"
-        script.write_text(Path(file).read_text() + textwrap.indent(DDP_REPORT, "    "))
-        env = {k: v for k, v in os.environ.items() if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE"}}
-        proc = subprocess.run(
-            [sys.executable, str(script)], cwd=tmp_path, env=env | {"YOLO_OFFLINE": "1"}, capture_output=True, text=True
-        )
-    finally:
-        ddp_cleanup(trainer, file)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    result = ddp_worker(PrunedDetectionTrainer(overrides=overrides), DDP_REPORT, inspect)
     assert result == {
         "trainer": "yolo_prune.trainer.PrunedDetectionTrainer",
         "model": pruned,
         "ema": pruned,
         "epoch": 0,
     }
-    assert not Path(file).exists()
 
 
 def test_class_count_mismatch_is_a_one_line_value_error(tiny_data, tmp_path):

@@ -132,9 +132,9 @@ def val_subset(data_yaml: str, images: int, folder: Path) -> str:
     if not files:
         raise ValueError(f"dataset '{data_yaml}' lists no validation images")
     chosen = sorted(files)[:images]
-    listing = folder / "val_subset.txt"
-    listing.write_text("\n".join(chosen) + "\n")
-    out = folder / "val_subset.yaml"
+    listing = (folder / "val_subset.txt").resolve()  # absolute: Ultralytics resolves relative paths against `path`
+    write_atomic(listing, "\n".join(chosen) + "\n")
+    out = (folder / "val_subset.yaml").resolve()
     YAML.save(
         out, {"path": str(info.get("path", "")), "train": info["train"], "val": str(listing), "names": info["names"]}
     )
@@ -339,13 +339,9 @@ def layer_ratios(results: dict | str | Path, max_drop: float = 0.01, metric: str
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got '{metric}'")
-    if isinstance(results, (str, Path)):
-        path = Path(results)
-        path = path / "sensitivity.json" if path.is_dir() else path
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read sensitivity results from '{path}': {e}") from None
+    from .allocate import read_sensitivity
+
+    results = read_sensitivity(results)
     base = results["baseline"][metric]
     out = {}
     for row in results["stages"]:

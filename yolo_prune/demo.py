@@ -196,7 +196,7 @@ def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -
     baseline = baseline_checkpoint(settings)
     args = {
         **COMMON_TRAIN,
-        **mode["prune"],
+        **{k: v for k, v in mode["prune"].items() if not (k == "target_macs" and "ratio" in prune_args)},
         "imgsz": settings["imgsz"],
         "batch": settings["batch"],
         "project": DEMO_DEFAULTS["project"],

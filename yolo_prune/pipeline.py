@@ -57,7 +57,7 @@ __all__ = [
 PRUNE_DEFAULTS: dict[str, Any] = {
     "model": None,  # required: local .pt checkpoint (or a model yaml for a randomly initialised net)
     "data": None,  # required: dataset yaml, or a built-in name (shapes.yaml, shapes-tiny.yaml)
-    "target_macs": None,  # keep at most this fraction of the MACs (default 0.5, i.e. 2x fewer, when ratio is unset)
+    "target_macs": 0.5,  # keep at most this fraction of the MACs (0.5: 2x fewer); unused when ratio is given
     "ratio": None,  # or: the MACs that uniform pruning of this fraction of the channels keeps, in [0, 1)
     "allocation": "sensitivity",  # how layers share the cut: sensitivity (measured), uniform, global
     "sensitivity": None,  # reuse a sensitivity.json (or its folder) from an earlier run of the same model
@@ -197,11 +197,11 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
                 f"missing required argument {key}=...; e.g. 'yolo-prune prune model=best.pt data=data.yaml'"
             )
         args[key] = str(args[key])
-    if not is_none(args["ratio"]) and not is_none(args["target_macs"]):
+    if not is_none(args["ratio"]) and not is_none(overrides.get("target_macs")):
         raise ValueError("give ratio= or target_macs=, not both")
     args["ratio"] = None if is_none(args["ratio"]) else check_ratio(args["ratio"])
     if args["ratio"] is None:
-        target = 0.5 if is_none(args["target_macs"]) else args["target_macs"]
+        target = PRUNE_DEFAULTS["target_macs"] if is_none(args["target_macs"]) else args["target_macs"]
         args["target_macs"] = check_target(target, "target_macs")
     else:
         args["target_macs"] = None

@@ -159,7 +159,7 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
     start = time.perf_counter()
     record: dict[str, Any] = {"row": name, "seed": seed, "kind": kind, "settings": settings}
     if kind == "prune":
-        args = {"epochs": E, **settings}
+        args = {"epochs": E, "distill": False, **settings}  # distillation only where the row says so
         if args.get("allocation") == "sensitivity" and not args.get("sparse_epochs"):
             args["sensitivity"] = str(sens)  # the shared scan of the baseline (a sparse model is scanned anew)
         shutil.rmtree(out / "prune" / tag, ignore_errors=True)

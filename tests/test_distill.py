@@ -48,13 +48,19 @@ def _columns(results_csv: Path) -> dict[str, list[float]]:
 
 
 def test_distill_arguments_are_checked() -> None:
-    """``distill_model`` implies ``distill``; ``distill`` must be a bool.
+    """Distillation is on by default for a checkpoint input, off for a yaml (no trained teacher) unless a teacher is
+    given; ``distill_model`` implies ``distill``; ``distill`` must be a bool.
 
-    Mutations caught: ignoring ``distill_model`` unless ``distill=True`` is also given, or accepting ``distill='yes'``.
+    Mutations caught: the default switched off, a yaml model used as its own teacher, ignoring ``distill_model``, or
+    accepting ``distill='yes'``.
     """
-    args = parse_prune_args({"model": "m.pt", "data": "d.yaml", "distill_model": "t.pt"})
+    args = parse_prune_args({"model": "m.yaml", "data": "d.yaml", "distill_model": "t.pt"})
     assert args["distill"] is True and args["distill_model"] == "t.pt"
-    assert parse_prune_args({"model": "m.pt", "data": "d.yaml"})["distill"] is False
+    assert parse_prune_args({"model": "m.pt", "data": "d.yaml"})["distill"] is True  # the study's pick
+    assert parse_prune_args({"model": "m.pt", "data": "d.yaml", "distill": False})["distill"] is False
+    assert parse_prune_args({"model": "yolov8n.yaml", "data": "d.yaml"})["distill"] is False  # no trained teacher
+    with pytest.raises(ValueError, match="needs a trained teacher"):
+        parse_prune_args({"model": "yolov8n.yaml", "data": "d.yaml", "distill": True})
     with pytest.raises(ValueError, match="distill"):
         parse_prune_args({"model": "m.pt", "data": "d.yaml", "distill": "yes"})
 
@@ -69,7 +75,7 @@ def test_distill_true_trains_with_the_teacher_and_saves_a_plain_student(
     Mutations caught: not passing ``distill_model`` to the trainer (no ``dis_loss`` column), a teacher or wrapper
     left inside best.pt, or best.pt holding the unpruned teacher's weights.
     """
-    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, distill=True, dis=1.0, project=tmp_path, **QUICK)
+    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, project=tmp_path, **QUICK)  # default: distil
     columns = _columns(run / "step1" / "results.csv")
     assert "train/dis_loss" in columns and columns["train/dis_loss"][0] > 0
     ckpt = torch.load(run / "weights" / "best.pt", weights_only=False)
@@ -83,11 +89,11 @@ def test_distill_true_trains_with_the_teacher_and_saves_a_plain_student(
 
 @pytest.mark.slow
 def test_distill_false_trains_without_a_teacher(teacher_nc6, tiny_data, tmp_path) -> None:
-    """The default fine-tune has no distillation term.
+    """``distill=False`` fine-tunes without a distillation term.
 
-    Mutation caught: distillation switched on by default or left on from an earlier run's arguments.
+    Mutation caught: ``distill=False`` ignored (the default is on) or the teacher left in the arguments.
     """
-    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, project=tmp_path, **QUICK)
+    run = run_prune(model=str(teacher_nc6), data=tiny_data, epochs=1, distill=False, project=tmp_path, **QUICK)
     assert "train/dis_loss" not in _columns(run / "step1" / "results.csv")
 
 

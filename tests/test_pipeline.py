@@ -52,7 +52,7 @@ def test_parse_prune_args() -> None:
     assert args["train_args"] == {"lr0": 0.002, "patience": 5}
     assert args["steps"] == 2 and args["max_map_drop"] is None
     assert args["ratio"] is None and args["target_macs"] == 0.5  # default: 2x fewer MACs
-    assert args["allocation"] == "sensitivity" and args["distill"] is False
+    assert args["allocation"] == "sensitivity" and args["distill"] is True
     with pytest.raises(ValueError, match="not both"):
         parse_prune_args({"model": "m.pt", "data": "d.yaml", "ratio": 0.3, "target_macs": 0.5})
     with pytest.raises(ValueError, match="allocation"):

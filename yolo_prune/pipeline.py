@@ -65,7 +65,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "scan_images": 200,  # validation images used by the sensitivity scan (None = all)
     "steps": 1,  # pruning rounds toward the target, each followed by `epochs` of fine-tuning
     "epochs": 10,  # fine-tuning epochs per step; 0 = prune only
-    "distill": False,  # fine-tune with knowledge distillation from the unpruned input model (Ultralytics distill_model)
+    "distill": True,  # fine-tune with knowledge distillation from the unpruned input .pt (off for a yaml input)
     "distill_model": None,  # another teacher checkpoint for distillation (implies distill=True)
     "sparse_epochs": 0,  # train the model this many epochs with a sparsity penalty before pruning
     "sparsity": 1e-4,  # strength of that penalty (L1 on BatchNorm scales)
@@ -86,7 +86,14 @@ PRUNE_DEFAULTS: dict[str, Any] = {
 }
 ALLOCATIONS = ("sensitivity", "uniform", "global")
 # Fine-tuning defaults that differ from Ultralytics' (made for training from scratch); any can be overridden
-FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 0.5, "warmup_bias_lr": 0.0}
+# (chosen by benchmarks/accuracy_study.py: see benchmarks/RESULTS.md). `dis` only acts when distilling.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "optimizer": "AdamW",
+    "lr0": 0.002,
+    "warmup_epochs": 0.5,
+    "warmup_bias_lr": 0.0,
+    "dis": 1.0,
+}
 
 # Ultralytics keys that the pipeline sets itself, or that would break it
 RESERVED_TRAIN_KEYS = frozenset(
@@ -231,6 +238,13 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["scan_ratios"] = _check_scan_ratios(args["scan_ratios"])
     args["scan_images"] = None if is_none(args["scan_images"]) else _as_int("scan_images", args["scan_images"], 1)
     args["distill_model"] = None if is_none(args["distill_model"]) else str(args["distill_model"])
+    if args["distill_model"] is None and not args["model"].lower().endswith(".pt"):
+        if overrides.get("distill") is True:
+            raise ValueError(
+                f"distill=True needs a trained teacher: model={args['model']} is not a checkpoint; give "
+                "distill_model=teacher.pt or distill=False"
+            )
+        args["distill"] = False  # a model built from yaml is no teacher
     args["distill"] = args["distill"] or args["distill_model"] is not None
     args["sparsity"] = _as_float("sparsity", args["sparsity"])
     if args["sparsity"] < 0:

@@ -232,6 +232,9 @@ def _yolo_from_checkpoint(name: str, shown: str | None = None) -> YOLO:
         yolo = YOLO(str(file))
     except Exception as e:  # noqa: BLE001 - any failure of the unpickler means the same thing: not a usable file
         raise ValueError(f"{shown} is not an Ultralytics YOLO checkpoint: {_load_reason(e)}; {EXPECTED_PT}") from e
+    student = getattr(yolo.model, "student_model", None)
+    if isinstance(student, torch.nn.Module):  # a distillation run's mid-training checkpoint: its student is the model
+        yolo.model = student
     if isinstance(yolo.model, torch.nn.Module):
         changed = migrate_layouts(yolo.model)
         if changed:

@@ -279,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):
             if (out / "sensitivity" / name).is_file():
                 shutil.copyfile(out / "sensitivity" / name, opts.results / name)
+        curves = opts.results / "curves"  # per-epoch training curves (losses incl. dis_loss, mAP) of every row
+        curves.mkdir(exist_ok=True)
+        for key in results:
+            for csv_file in sorted((out / "prune" / key).glob("*/results.csv")) + [out / "train" / key / "results.csv"]:
+                if csv_file.is_file():
+                    stage = csv_file.parent.name
+                    shutil.copyfile(csv_file, curves / (f"{key}.csv" if stage == key else f"{key}-{stage}.csv"))
     return 0
 
 

@@ -265,14 +265,12 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _check_scan_ratios(value: Any) -> tuple[float, ...]:
     """Return the sensitivity scan's ratios as a sorted tuple of numbers in (0, 1), or raise a one-line ValueError."""
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    from .sensitivity import check_ratios
+
     try:
-        ratios = sorted({float(str(v).strip("[]() ")) for v in items if str(v).strip("[]() ")})
+        return tuple(check_ratios(value))
     except ValueError:
-        ratios = []
-    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
-        raise ValueError(f"scan_ratios={value!r} must be numbers in (0, 1), e.g. scan_ratios=0.3,0.5,0.7")
-    return tuple(ratios)
+        raise ValueError(f"scan_ratios={value!r} must be numbers in (0, 1), e.g. scan_ratios=0.3,0.5,0.7") from None
 
 
 def step_ratio(ratio: float, steps: int) -> float:

@@ -31,7 +31,7 @@ from ultralytics.utils.files import increment_path
 
 from .report import save_figure, write_atomic
 
-__all__ = ["SENSITIVITY_DEFAULTS", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
+__all__ = ["SENSITIVITY_DEFAULTS", "check_ratios", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
 
 PREFIX = colorstr("yolo-prune: ")
 METRICS = ("map50_95", "map50")
@@ -72,7 +72,7 @@ def _numbers(value: Any, name: str, kind: type) -> list:
     return out
 
 
-def _check_ratios(ratios: Any) -> list[float]:
+def check_ratios(ratios: Any) -> list[float]:
     """Return sorted unique ratios in (0, 1), or raise ``ValueError``."""
     values = sorted(set(_numbers(ratios, "ratios", float)))
     if not values or any(not 0.0 < r < 1.0 for r in values):
@@ -208,7 +208,7 @@ def run_sensitivity(
 
     if model is None or data is None:
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
-    ratio_list = _check_ratios(ratios)
+    ratio_list = check_ratios(ratios)
     device = resolve_device(device)
     importance = get_importance(method)
     yolo = load_yolo(model)

@@ -298,6 +298,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave an empty file under `path`
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

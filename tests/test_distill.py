@@ -151,26 +151,62 @@ def test_distilled_fine_tune_resumes(teacher_nc6, tiny_data, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_sparse_stage_shrinks_batchnorm_scales(teacher_nc6, tiny_data, tmp_path) -> None:
-    """``sparse_epochs`` trains with an L1 penalty on BN scales before pruning: their L1 norm ends lower than after a
-    plain run of the same length, and the report has a ``sparse`` row.
+@pytest.mark.parametrize("mode", ["bn", "group"])
+def test_sparse_stage_lowers_group_norms(mode, teacher_nc6, tiny_data, tmp_path) -> None:
+    """``sparse_epochs`` trains with the penalty before pruning: the model's channel-group norms (and, for ``bn``, its
+    BN scales) end lower than after a plain run of the same length, and the report has a ``sparse`` row.
 
-    Mutation caught: the penalty not reaching the trainer (both runs end with the same norms), or the pruned model
-    taken from the input instead of the sparse one.
+    Mutations caught: the penalty (either mode) not reaching the trainer (both runs end with the same norms), group
+    slices mapped onto the wrong parameters, or the pruned model taken from the input instead of the sparse one.
     """
+    from yolo_prune.sparsity import channel_groups, group_norms
 
-    def bn_l1(ckpt: Path) -> float:
-        model = torch.load(ckpt, weights_only=False)["model"].float()
+    def load(run: Path) -> torch.nn.Module:
+        return torch.load(run / "sparse" / "weights" / "last.pt", weights_only=False)["model"].float()
+
+    def bn_l1(model: torch.nn.Module) -> float:
         return sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
-    # SGD on every batch of 2 (nbs=batch, no warm-up): 24 steps move the scales visibly. A stronger penalty would not
+    # SGD on every batch of 2 (nbs=batch, no warm-up): 24 steps move the norms visibly. A stronger penalty would not
     # help: Ultralytics clips the whole gradient to norm 10, penalty included.
     sgd = {"optimizer": "SGD", "lr0": 0.1, "nbs": 2, "batch": 2, "warmup_epochs": 0}
-    common = {**QUICK, "ratio": 0.3, "epochs": 0, "sparse_epochs": 3, "project": tmp_path, **sgd}
+    common = {**QUICK, "ratio": 0.3, "epochs": 0, "sparse_epochs": 3, "project": tmp_path, "sparse": mode, **sgd}
     sparse = run_prune(model=str(teacher_nc6), data=tiny_data, sparsity=0.1, name="sparse", **common)
     plain = run_prune(model=str(teacher_nc6), data=tiny_data, sparsity=0.0, name="plain", **common)
-    assert bn_l1(sparse / "sparse" / "weights" / "last.pt") < 0.9 * bn_l1(plain / "sparse" / "weights" / "last.pt")
+    sparse_model, plain_model = load(sparse), load(plain)
+    groups = channel_groups(plain_model)
+    assert group_norms(sparse_model, groups).sum() < 0.95 * group_norms(plain_model, groups).sum()
+    if mode == "bn":
+        assert bn_l1(sparse_model) < 0.9 * bn_l1(plain_model)
     assert "sparse" in (sparse / "report.md").read_text()
+
+
+def test_group_lasso_gradient_shrinks_every_group_slice() -> None:
+    """One descent step on the group-lasso penalty alone lowers every channel's group norm, never penalises the
+    outputs the head must keep (its last convs' outputs, DFL), and leaves the model's parameters in place.
+
+    Mutations caught: twin halves mapped with the wrong offset (index errors or norms that grow), the head's fixed
+    output convs penalised, or tracing the model itself (its ``cv1`` parameters would be replaced mid-training).
+    """
+    from yolo_prune.sparsity import add_group_lasso_gradient, channel_groups, group_norms
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=6, verbose=False)
+    held = {name: id(p) for name, p in model.named_parameters()}
+    groups = channel_groups(model)
+    assert {name: id(p) for name, p in model.named_parameters()} == held  # the optimizer's parameters survive
+    before = group_norms(model, groups)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    add_group_lasso_gradient(model, groups, 0.01)
+    touched = {name for name, p in model.named_parameters() if p.grad.abs().sum() > 0}
+    assert "model.4.cv1.conv.weight" in touched and "model.22.dfl.conv.weight" not in touched
+    fixed_outputs = ("model.22.cv2.0.2", "model.22.cv3.0.2", "model.22.dfl")  # what the head must keep
+    assert not [(n, d) for g in groups for n, d, _ in g.slices if n.startswith(fixed_outputs) and d == 0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= p.grad
+    assert (group_norms(model, groups) < before).all()
 
 
 def test_prune_callback_refuses_distillation_with_the_reason() -> None:

@@ -68,7 +68,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "distill": True,  # fine-tune with knowledge distillation from the unpruned input .pt (off for a yaml input)
     "distill_model": None,  # another teacher checkpoint for distillation (implies distill=True)
     "sparse_epochs": 0,  # train the model this many epochs with a sparsity penalty before pruning
-    "sparsity": 1e-4,  # strength of that penalty (L1 on BatchNorm scales)
+    "sparsity": 1e-4,  # strength of that penalty
+    "sparse": "group",  # what it acts on: group (group lasso over each DepGraph channel group, BN scales included), bn
     "imgsz": 640,  # training, validation, GFLOPs and latency image size
     "batch": 16,  # training and validation batch size
     "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
@@ -246,6 +247,11 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
             )
         args["distill"] = False  # a model built from yaml is no teacher
     args["distill"] = args["distill"] or args["distill_model"] is not None
+    from .callbacks import SPARSE_MODES
+
+    args["sparse"] = str(args["sparse"]).lower()
+    if args["sparse"] not in SPARSE_MODES:
+        raise ValueError(f"unknown sparse mode '{args['sparse']}'; choose one of {', '.join(SPARSE_MODES)}")
     args["sparsity"] = _as_float("sparsity", args["sparsity"])
     if args["sparsity"] < 0:
         raise ValueError(f"sparsity={args['sparsity']} must be >= 0")
@@ -456,7 +462,7 @@ def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, ep
 
 
 def _sparse_train(baseline: Any, run_dir: Path, args: dict, train_args: dict) -> Path:
-    """Train the baseline ``sparse_epochs`` epochs with an L1 penalty on BatchNorm scales; return its last.pt.
+    """Train the baseline ``sparse_epochs`` epochs with the sparsity penalty (``sparse``); return its last.pt.
 
     The last epoch (strongest sparsity) is what gets pruned, not the best-fitness one. Distillation is not used here.
     """
@@ -467,7 +473,9 @@ def _sparse_train(baseline: Any, run_dir: Path, args: dict, train_args: dict) ->
 
     source = save_checkpoint(baseline, run_dir / "weights" / "input.pt")
     yolo = YOLO(str(source))
-    PruneCallback(ratio=0.0, sparsity=args["sparsity"], sparse_epochs=args["sparse_epochs"]).attach(yolo)
+    PruneCallback(
+        ratio=0.0, sparsity=args["sparsity"], sparse=args["sparse"], sparse_epochs=args["sparse_epochs"]
+    ).attach(yolo)
     plain = {k: v for k, v in train_args.items() if k not in ("distill_model", "dis")}
     _, last = _train(yolo, run_dir, "sparse", args, plain, args["sparse_epochs"])
     return last

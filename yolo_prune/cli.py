@@ -192,6 +192,8 @@ def usage(command: str | None = None) -> str:
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.33 distill=True epochs=10\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
+            "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "
+            "(PruneCallback defaults to 3: it prunes progressively inside one training run).\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
             f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"

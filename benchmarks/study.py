@@ -612,7 +612,7 @@ def measure(
     names = [n for n in model_names(tuple(record["targets"])) if n in record["models"]]
     paths = [record["models"][n]["path"] for n in names]
     imgsz = record["baseline_recipe"]["imgsz"]
-    common = {"backends": ("torch", "onnx"), "batch": 1, "runs": runs, "warmup": warmup, "threads": threads}
+    common = {"backends": ("torch", "onnx"), "latency_batch": 1, "runs": runs, "warmup": warmup, "threads": threads}
     log(f"measuring {len(paths)} models at {imgsz} px (mAP + latency)")
     bench = run_bench(
         paths, data=record["data_yaml"], imgsz=imgsz, project=out, name=f"bench-{imgsz}px", command=command, **common

@@ -39,9 +39,7 @@ def test_target_latency_is_met_on_the_measured_backend(base):
     staggered=True)`` then rebuilds other widths); ``achieved`` reported as the target instead of the measured cost.
     """
     # one thread: on a shared 2-core machine, two contending threads make single timings swing 100x
-    pruned = prune(
-        base, target_latency=0.9, backend="torch", imgsz=IMGSZ, latency_runs=10, latency_threads=1, verbose=False
-    )
+    pruned = prune(base, target_latency=0.9, backend="torch", imgsz=IMGSZ, runs=10, threads=1, verbose=False)
     found = pruned.prune_info["target"]
     assert found["kind"] == "latency" and found["backend"] == "torch"
     assert found["achieved"] <= 0.9 and found["achieved"] == pytest.approx(found["cost"] / found["base_cost"])
@@ -72,6 +70,43 @@ def test_target_search_returns_a_model_that_meets_the_target(base, monkeypatch):
     met = [a for _, a in found["evaluations"] if a <= 0.6]
     assert found["achieved"] == max(met), "the best candidate that met the target is returned"
     assert 0.6 * (1 - 0.05) <= kept, "the search lands within its tolerance below the target"
+
+
+def test_latency_runs_and_threads_renamed_to_the_cli_names(base, monkeypatch):
+    """``runs``/``threads`` (the CLI's names) reach the latency meter; the old ``latency_runs``/``latency_threads``
+    still do, each with a one-line FutureWarning; old and new together are a one-line ValueError before any work.
+
+    Mutations caught: ``runs``/``threads`` not passed on to the meter (its defaults used); an old name accepted but
+    dropped, or mapped to the wrong new name (runs <-> threads); an old name accepted without a FutureWarning; old and
+    new given together silently picking one of them.
+    """
+    from yolo_prune import targets
+
+    seen: list[dict] = []
+
+    def meter(kind: str, **kwargs) -> object:
+        seen.append(kwargs)
+        return lambda module: float(sum(p.numel() for p in module.parameters()))  # deterministic, fast stand-in
+
+    monkeypatch.setattr(targets, "cost_meter", meter)
+    prune(base, target_latency=1.0, imgsz=IMGSZ, runs=7, threads=2, verbose=False)
+    assert (seen[-1]["runs"], seen[-1]["threads"]) == (7, 2)
+
+    with pytest.warns(FutureWarning) as record:
+        old = prune(base, target_latency=1.0, imgsz=IMGSZ, latency_runs=9, latency_threads=3, verbose=False)
+    assert (seen[-1]["runs"], seen[-1]["threads"]) == (9, 3)
+    messages = sorted(str(w.message) for w in record if issubclass(w.category, FutureWarning))
+    assert len(messages) == 2 and all("\n" not in m and "deprecated" in m for m in messages)
+    assert "'latency_runs'" in messages[0] and "use 'runs'" in messages[0]
+    assert "'latency_threads'" in messages[1] and "use 'threads'" in messages[1]
+    assert old.prune_info["target"]["kind"] == "latency"
+
+    calls = len(seen)
+    for given in ({"runs": 5, "latency_runs": 5}, {"threads": 1, "latency_threads": 1}):
+        with pytest.raises(ValueError, match="deprecated name of") as error:
+            prune(base, target_latency=1.0, imgsz=IMGSZ, verbose=False, **given)
+        assert "\n" not in str(error.value)
+    assert len(seen) == calls, "refused before any measurement"
 
 
 def test_global_pruning_respects_min_channels_and_ratio(base):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean, is_none, resolve_device
+from .args import did_you_mean, is_none, rename_args, renamed_kwargs, resolve_device
 from .measure import measure_model, new_row
 from .report import format_table, write_report
 
@@ -22,8 +22,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "models": None,  # required: list of checkpoints, or "a.pt,b.pt"; the first is the baseline
     "data": None,  # dataset yaml for mAP; no mAP without it
     "imgsz": 640,
-    "batch": 1,  # latency batch
-    "val_batch": 16,
+    "batch": 16,  # validation batch, as in Ultralytics (it used to be the latency batch: now latency_batch)
+    "latency_batch": 1,  # input batch of the latency measurements
     "device": None,  # None = as Ultralytics: the first GPU when there is one (adds CUDA backends), else the CPU
     "backends": ("torch", "onnx"),  # or "torch,onnx"; also torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
     "threads": None,  # CPU threads for latency; None = every usable core
@@ -33,7 +33,9 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "warmup": 10,
 }
 
-_INT_KEYS = ("imgsz", "batch", "val_batch", "runs", "warmup", "threads")
+RENAMED = {"val_batch": "batch"}  # old name -> new name; the old one still works with a deprecation warning
+
+_INT_KEYS = ("imgsz", "batch", "latency_batch", "runs", "warmup", "threads")
 
 
 def _split(value: Iterable[str] | str | None) -> list[str]:
@@ -54,8 +56,10 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
         (dict[str, Any]): Keyword arguments for `run_bench`.
 
     Raises:
-        ValueError: On an unknown key (with the closest valid one), a non-integer number or no models.
+        ValueError: On an unknown key (with the closest valid one), a non-integer number, no models, or an old
+            argument name (``val_batch``) given together with its new one (``batch``).
     """
+    overrides = rename_args(overrides, RENAMED, "bench")
     unknown = [k for k in overrides if k not in BENCH_DEFAULTS]
     if unknown:
         hints = []
@@ -88,18 +92,19 @@ def _row_names(models: list[str]) -> list[str]:
     return ["".join(c if c.isalnum() or c in "-_." else "_" for c in n) for n in names]
 
 
+@renamed_kwargs(**RENAMED)
 def run_bench(
     models: list[str] | str,
     data: str | None = None,
     imgsz: int = 640,
-    batch: int = 1,
+    batch: int = 16,
     device: str | None = None,
     backends: Iterable[str] | str = ("torch", "onnx"),
     project: str | Path = "runs/bench",
     name: str = "exp",
     runs: int = 50,
     warmup: int = 10,
-    val_batch: int = 16,
+    latency_batch: int = 1,
     threads: int | None = None,
     command: str | None = None,
 ) -> Path:
@@ -112,7 +117,8 @@ def run_bench(
         models (list[str] | str): Checkpoints (or one comma-separated string); the first is the baseline.
         data (str, optional): Dataset yaml for mAP.
         imgsz (int): Image size for GFLOPs, latency and validation.
-        batch (int): Latency batch size.
+        batch (int): Validation batch size, as Ultralytics' ``batch`` (before this name meant the latency batch; the
+            old ``val_batch`` still works, with a deprecation warning).
         device (str, optional): Ultralytics device string; a GPU adds CUDA backends. None: the first GPU when there
             is one, else the CPU (as Ultralytics).
         backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `yolo_prune.measure.resolve_backends`).
@@ -120,7 +126,7 @@ def run_bench(
         name (str): Run name; incremented (`exp`, `exp-2`, ...) so no run is overwritten.
         runs (int): Timed runs per backend.
         warmup (int): Untimed runs per backend.
-        val_batch (int): Validation batch size.
+        latency_batch (int): Input batch of the latency measurements.
         threads (int, optional): CPU threads for latency; every usable core when None.
         command (str, optional): Command line to record in the report.
 
@@ -137,6 +143,7 @@ def run_bench(
     models = _split(models)
     check_output_folder(project)
     run_dir = increment_path(Path(project) / name, mkdir=True)
+    LOGGER.info(f"{prefix}batch={batch} (validation), latency_batch={latency_batch}")
     rows = []
     for i, (model, label) in enumerate(zip(models, _row_names(models), strict=True), 1):
         LOGGER.info(f"{prefix}({i}/{len(models)}) {model}")
@@ -145,14 +152,14 @@ def run_bench(
                 model,
                 data=data,
                 imgsz=imgsz,
-                batch=batch,
+                batch=latency_batch,
                 device=device,
                 backends=backends,
                 runs=runs,
                 warmup=warmup,
                 out_dir=run_dir,
                 name=label,
-                val_batch=val_batch,
+                val_batch=batch,
                 threads=threads,
             )
         except Exception as e:  # measure_model records its own failures; this is a last resort

@@ -68,7 +68,10 @@ class PruneCallback:
         start_epoch: Epoch before which the first pruning step runs.
         end_epoch: Epoch before which the last pruning step runs (default: ``start_epoch``); must be < ``epochs``.
         steps: Number of pruning steps, spread evenly from ``start_epoch`` to ``end_epoch`` (steps that fall on the
-            same epoch run as one; with ``end_epoch == start_epoch`` pruning is one-shot).
+            same epoch run as one; with ``end_epoch == start_epoch`` pruning is one-shot). The default is 3, not the 1
+            (one-shot) of ``yolo-prune prune``, on purpose: a callback prunes during one training run, and several
+            smaller cuts with training in between let the network recover from each (progressive pruning), whereas
+            ``yolo-prune prune`` cuts once and then fine-tunes (its ``steps=k`` repeats prune + fine-tune k times).
         method: Channel importance, a name of ``yolo_prune.importance.IMPORTANCE_METHODS`` (``l1``, ``l2``, ``bn`` =
             BatchNorm scale, ...); gradient criteria (``taylor``, ``hessian``) run a few training batches per pass.
         sparsity: Strength of the L1 penalty on BN scales, added to their gradients per optimizer step; ``0``

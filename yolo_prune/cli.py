@@ -17,11 +17,12 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean
+from .args import RenamedArgumentWarning, did_you_mean
 
 __all__ = ["COMMANDS", "entrypoint", "parse_key_values", "unmeasured"]
 
@@ -191,6 +192,8 @@ def usage(command: str | None = None) -> str:
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.33 distill=True epochs=10\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
+            "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "
+            "(PruneCallback defaults to 3: it prunes progressively inside one training run).\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
             f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"
@@ -198,6 +201,9 @@ def usage(command: str | None = None) -> str:
         "bench": (
             "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"
             f"  example: {PROG} bench models=base.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640\n"
+            "  batch= is the validation batch (as in Ultralytics and prune); the latency input batch is "
+            "latency_batch=. Before, batch= was the latency batch and val_batch= the validation one (val_batch= "
+            "still works, deprecated).\n"
             f"  defaults:\n{_defaults_text(BENCH_DEFAULTS)}"
         ),
         "demo": (
@@ -321,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def entrypoint() -> None:
     """Console-script entry point of ``yolo-prune``: run `main` and exit with its code."""
+    # A renamed argument is reported once, by LOGGER.warning; the same message as a Python warning would repeat it.
+    warnings.filterwarnings("ignore", category=RenamedArgumentWarning)
     sys.exit(main())
 
 

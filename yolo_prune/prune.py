@@ -15,6 +15,7 @@ from torch import nn
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
+from .args import renamed_kwargs
 from .checkpoint import load_yolo
 from .importance import collect_gradients, get_importance, needs_gradients
 from .rules import TracingPlan, check_supported, prepare_for_tracing
@@ -612,6 +613,7 @@ def _allocate(
     return allocation, stats
 
 
+@renamed_kwargs(latency_runs="runs", latency_threads="threads")
 def prune(
     model: YOLO | str,
     ratio: float | None = None,
@@ -633,8 +635,8 @@ def prune(
     calib_batches: int = 4,
     calib_batch: int = 8,
     staggered: bool = False,
-    latency_runs: int = 30,
-    latency_threads: int | None = None,
+    runs: int = 30,
+    threads: int | None = None,
     sensitivity: dict | str | Path | list | None = None,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
@@ -668,9 +670,11 @@ def prune(
         calib_batch: Images per calibration batch.
         staggered: Stagger the rounding thresholds of the groups (see ``prune_detection_model``); always on for a
             target, so that ``prune(ratio=info["ratio"], staggered=True)`` rebuilds the same widths.
-        latency_runs: Timed runs per latency measurement of ``target_latency`` (after 5 untimed ones).
-        latency_threads: CPU threads for those measurements (default: every usable core; 1 is far steadier on a
-            machine shared with other jobs).
+        runs: Timed runs per latency measurement of ``target_latency`` (after 5 untimed ones); ``runs=`` of the CLI.
+            The old name ``latency_runs`` still works, with a deprecation warning.
+        threads: CPU threads for those measurements (default: every usable core; 1 is far steadier on a machine
+            shared with other jobs); ``threads=`` of the CLI. The old name ``latency_threads`` still works, with a
+            deprecation warning.
         sensitivity: Per-layer sensitivity results (``sensitivity.json``, its run folder, the dict, or a list of
             ``yolo_prune.allocate.LayerCurve``; from ``yolo_prune.sensitivity.run_sensitivity``). Instead of removing
             the same fraction of every layer, the layers' ratios are allocated from the measured curves
@@ -682,7 +686,8 @@ def prune(
 
     Raises:
         ValueError: On a bad ``ratio`` or target, both given, an unknown ``method``, a gradient method without
-            ``data``, an unreachable target, an unreadable model or an unsupported model family.
+            ``data``, an unreachable target, an unreadable model, an unsupported model family, or an old argument
+            name (``latency_runs``, ``latency_threads``) given together with its new one.
 
     Examples:
         >>> from yolo_prune import prune
@@ -766,8 +771,8 @@ def prune(
             imgsz,
             backend,
             device,
-            latency_runs,
-            latency_threads,
+            runs,
+            threads,
             verbose,
         )
         ratio, layers = 0.0, allocation.ratios
@@ -776,9 +781,7 @@ def prune(
             info["target"] = {"kind": kind, "target": wanted, "achieved": allocation.achieved}
     elif target:
         kind, wanted = next(iter(target.items()))
-        meter = cost_meter(
-            kind, imgsz=imgsz, backend=backend, device=device, runs=latency_runs, threads=latency_threads
-        )
+        meter = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=runs, threads=threads)
         base_cost = meter(pruned.model)
         base_params = sum(p.numel() for p in pruned.model.parameters())
         found: dict[float, PruneStats] = {}

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers shared with study.py
 
 import study  # noqa: E402
+import torch  # noqa: E402
 
 DATA = "shapes.yaml"
 IMGSZ = 128
@@ -180,6 +181,8 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
         path = out / "models" / f"{tag}.pt"
         shutil.copyfile(run_dir / "weights" / "best.pt", path)
         record.update(map50_95=final["map50_95"], map50=final["map50"], macs_x=macs_ratio(path, base))
+        meta = torch.load(run_dir / "weights" / "pruned.pt", map_location="cpu", weights_only=False)["yolo_prune"]
+        record["layer_ratios"] = meta.get("layer_ratios")  # the last step's allocation
         record["epochs"] = args["epochs"] * args.get("steps", 1) + args.get("sparse_epochs", 0)
     elif kind in ("ft", "lowres"):
         imgsz = settings.get("imgsz", IMGSZ)
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.results:
         opts.results.mkdir(parents=True, exist_ok=True)
         (opts.results / "table.md").write_text(table)
-        for name in ("results.json", "baseline.json"):
+        for name in ("results.json", "baseline.json"):  # (layer_ratios.json was written by hand for this run)
             if (out / name).is_file():
                 shutil.copyfile(out / name, opts.results / name)
         for name in ("sensitivity.json", "sensitivity.md", "sensitivity.png"):

@@ -94,6 +94,7 @@ PLAN: list[tuple[str, int]] = [
     *[(r, 0) for r in ("sens-2x-ultralytics-recipe", "sens-2x-distill6", "scratch-3x", "scratch-2x-distill")],
     *[(r, 0) for r in ("sens-3x-distill", "sens-2x-steps3", "global-2x", "sens-2x-sparse", "uniform-2x-distill")],
     ("scratch-2x", 1),
+    *[(r, 1) for r in ("sens-3x-distill", "scratch-3x")],  # the 3x rows that came out close
 ]
 
 

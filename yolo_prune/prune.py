@@ -137,7 +137,22 @@ def _twin_units(
     for i, group in enumerate(groups):
         for module in _out_modules(graph, group):
             owner[module] = i
-    parent = list(range(len(groups)))
+    fixed: set[int] = set()
+    pairs = []
+    for first, second in plan.twins:
+        i, j = owner.get(first), owner.get(second)
+        if i is None or j is None:  # one half is frozen, so the other must keep its width too
+            fixed.update(k for k in (i, j) if k is not None)
+        else:
+            pairs.append((i, j))
+    units = _join(len(groups), pairs)
+    fixed = {k for unit in units if fixed.intersection(unit) for k in unit}
+    return [unit for unit in units if not fixed.intersection(unit)], fixed
+
+
+def _join(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Classes of ``range(n)`` joined by ``pairs`` (union-find), each ascending, ordered by their first member."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -145,18 +160,12 @@ def _twin_units(
             i = parent[i]
         return i
 
-    fixed: set[int] = set()
-    for first, second in plan.twins:
-        i, j = owner.get(first), owner.get(second)
-        if i is None or j is None:  # one half is frozen, so the other must keep its width too
-            fixed.update(k for k in (i, j) if k is not None)
-        else:
-            parent[find(i)] = find(j)
-    units: dict[int, list[int]] = {}
-    for i in range(len(groups)):
-        units.setdefault(find(i), []).append(i)
-    fixed = {k for unit in units.values() if fixed.intersection(unit) for k in unit}
-    return [unit for unit in units.values() if not fixed.intersection(unit)], fixed
+    for i, j in pairs:
+        parent[find(i)] = find(j)
+    classes: dict[int, list[int]] = {}
+    for i in range(n):
+        classes.setdefault(find(i), []).append(i)
+    return list(classes.values())
 
 
 def _min_keep(channels: int, round_to: int, min_channels: int, max_ratio: float) -> int:
@@ -266,29 +275,18 @@ def _tied_root_channels(group: tp.dependency.Group, shared: Mapping[nn.Module, i
     only one of them would leave the layers disagreeing on widths. ``shared`` maps modules whose output channels are
     one channel space (see ``TracingPlan.shared``) to a common key. Most groups have only singletons.
     """
-    n = len(group[0].idxs)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     first: dict[tuple[int, int, int], int] = {}
+    pairs = []
     for item in group:
         module, handler = item.dep.target.module, item.dep.handler
         space = (shared[module], 0) if module in shared and "out" in handler.__name__ else (id(module), id(handler))
         for idx, root in zip(item.idxs, getattr(item, "root_idxs", item.idxs), strict=True):
             key = (*space, int(idx))
             if key in first:
-                parent[find(int(root))] = find(first[key])
+                pairs.append((int(root), first[key]))
             else:
                 first[key] = int(root)
-    classes: dict[int, list[int]] = {}
-    for i in range(n):
-        classes.setdefault(find(i), []).append(i)
-    return list(classes.values())
+    return _join(len(group[0].idxs), pairs)
 
 
 def _pick_channels(

@@ -28,6 +28,15 @@ def model_nc6(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def script_map(monkeypatch: pytest.MonkeyPatch, scripted: dict) -> None:
+    """Replace the pipeline's measurement seam with scripted mAP values per row name; pruning stays real."""
+
+    def fake_measure(model, name, path, args, out_dir):
+        return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
+
+    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+
+
 def test_step_ratio_compounds_to_the_final_ratio() -> None:
     """Equal steps remove ``ratio`` of the original channels in total."""
     for ratio, steps in [(0.5, 1), (0.5, 2), (0.75, 3), (0.0, 4)]:
@@ -96,12 +105,7 @@ def test_max_map_drop_keeps_last_model_within_budget(
     Mutations caught: pruning that does nothing (the step rows would have the baseline's parameter count); the final
     model taken from the step that broke the budget.
     """
-    scripted = {"baseline": 0.50, "step1": 0.49, "step2": 0.45, "step3": 0.40}
-
-    def fake_measure(model, name, path, args, out_dir):  # the pipeline's measurement seam; pruning stays real
-        return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
-
-    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+    script_map(monkeypatch, {"baseline": 0.50, "step1": 0.49, "step2": 0.45, "step3": 0.40})
     run = run_prune(
         model=str(model_nc6), data=tiny_data, steps=3, epochs=0, max_map_drop=0.02, project=tmp_path, **QUICK
     )
@@ -125,12 +129,7 @@ def test_max_map_drop_without_a_baseline_runs_the_whole_schedule(
     Mutation caught: ``budget_exceeded`` counting a missing baseline as over budget (the run then stopped after step 1
     with a message about step 1 dropping mAP).
     """
-    scripted = {"baseline": None, "step1": 0.49, "step2": 0.45}
-
-    def fake_measure(model, name, path, args, out_dir):  # the pipeline's measurement seam; pruning stays real
-        return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
-
-    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+    script_map(monkeypatch, {"baseline": None, "step1": 0.49, "step2": 0.45})
     run = run_prune(
         model=str(model_nc6), data=tiny_data, steps=2, epochs=0, max_map_drop=0.02, project=tmp_path, **QUICK
     )

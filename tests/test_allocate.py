@@ -8,7 +8,13 @@ import pytest
 
 from yolo_prune import prune
 from yolo_prune.allocate import LayerCurve, allocate, choose_ratios, curves_from_sensitivity
-from yolo_prune.measure import count_gflops
+from yolo_prune.hardware import auto_round_to, padded_macs
+
+
+def macs(model, imgsz: int) -> float:
+    """MACs as the MACs target counts them: conv MACs padded to the hardware's channel block."""
+    return padded_macs(model, imgsz, auto_round_to("torch", "cpu").value)
+
 
 SENSITIVE = (0, 1, 2)  # in the synthetic scan below, pruning these stages costs a lot; every other stage is free
 
@@ -99,17 +105,17 @@ def test_prune_with_sensitivity_meets_target_macs_and_spares_sensitive_layers() 
     """
     scan = synthetic_scan()
     pruned = prune("yolov8n.yaml", target_macs=0.5, sensitivity=scan, imgsz=128, verbose=False)
-    base = count_gflops(prune("yolov8n.yaml", ratio=0.0, verbose=False).model, 128)
-    kept = count_gflops(pruned.model, 128) / base
+    base = macs(prune("yolov8n.yaml", ratio=0.0, verbose=False).model, 128)
+    kept = macs(pruned.model, 128) / base
     info = pruned.prune_info["allocation"]
     assert kept <= 0.5 and kept >= 0.45
     assert info["achieved"] == pytest.approx(kept, rel=1e-6)
     ratios = {int(k): v for k, v in info["ratios"].items()}
     assert max(ratios.get(s, 0.0) for s in SENSITIVE) < min(ratios[s] for s in (5, 6, 7, 8, 9))
 
-    uniform = count_gflops(prune("yolov8n.yaml", ratio=0.3, verbose=False).model, 128) / base
+    uniform = macs(prune("yolov8n.yaml", ratio=0.3, verbose=False).model, 128) / base
     same_budget = prune("yolov8n.yaml", ratio=0.3, sensitivity=scan, imgsz=128, verbose=False)
-    assert count_gflops(same_budget.model, 128) / base <= uniform + 1e-9
+    assert macs(same_budget.model, 128) / base <= uniform + 1e-9
     with pytest.raises(ValueError, match="layer_ratios"):
         prune("yolov8n.yaml", sensitivity=scan, layer_ratios={3: 0.5}, verbose=False)
 

@@ -19,6 +19,7 @@ def test_sensitivity_writes_its_files(tiny_data, tmp_path):
         imgsz=64,
         batch=8,
         stages=[0, 10, -1],
+        round_to=8,  # the 16-channel stem keeps its width at a 16-channel block (round_to="auto" on AVX-512)
         project=tmp_path,
         name="exp",
         verbose=False,

@@ -83,7 +83,8 @@ class PruneCallback:
             ``sparsity``) over the sparse epochs.
         sparse_epochs: Number of epochs with the penalty, from epoch 0. Default: until the last pruning step, or the
             whole run when ``ratio=0``.
-        round_to: Kept widths are rounded up to a multiple of this.
+        round_to: Kept widths are rounded up to a multiple of this; ``"auto"`` (default) picks this CPU's channel
+            block (`yolo_prune.hardware.auto_round_to`: 16 with AVX-512, else 8).
 
     Raises:
         ValueError: On a bad argument.
@@ -106,7 +107,7 @@ class PruneCallback:
         sparse: str = "bn",
         sparse_schedule: str = "constant",
         sparse_epochs: int | None = None,
-        round_to: int = 8,
+        round_to: int | str = "auto",
     ):
         """Check and store the settings; see the class docstring."""
         self.ratio = check_ratio(ratio)
@@ -135,9 +136,9 @@ class PruneCallback:
                 f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}"
             )
         self.sparse_epochs = None if sparse_epochs is None else _non_negative_int(sparse_epochs, "sparse_epochs")
-        self.round_to = _non_negative_int(round_to, "round_to")
-        if self.round_to < 1:
-            raise ValueError("round_to must be at least 1")
+        from .hardware import resolve_round_to
+
+        self.round_to = resolve_round_to(round_to, "onnx", "cpu").value
 
     # ------------------------------------------------------------------------------------------------------------
     # Public API

@@ -59,6 +59,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "data": None,  # required: dataset yaml, or a built-in name (shapes.yaml, shapes-tiny.yaml)
     "target_macs": 0.5,  # keep at most this fraction of the MACs (0.5: 2x fewer); unused when ratio is given
     "ratio": None,  # or: the MACs that uniform pruning of this fraction of the channels keeps, in [0, 1)
+    "target_latency": None,  # or: keep at most this fraction of the latency on `backend` (a per-conv latency model)
+    "backend": "onnx",  # deployment backend: the latency target's and round_to=auto's (torch, onnx)
     "allocation": "sensitivity",  # how layers share the cut: sensitivity (measured), uniform, global
     "sensitivity": None,  # reuse a sensitivity.json (or its folder) from an earlier run of the same model
     "scan_ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone, by the sensitivity scan
@@ -75,7 +77,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
     "global_pruning": False,  # same as allocation=global (kept for compatibility)
-    "round_to": 8,  # kept widths are multiples of this
+    "round_to": "auto",  # kept widths are multiples of this; auto = the backend's channel block (16 on AVX-512)
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
     "backends": "torch",  # latency backends: torch, onnx (comma-separated)
     "runs": 50,  # timed latency runs per backend
@@ -106,7 +108,6 @@ _INT_KEYS = {
     "epochs": 0,
     "imgsz": 32,
     "batch": 1,
-    "round_to": 1,
     "runs": 1,
     "warmup": 0,
     "seed": 0,
@@ -179,10 +180,11 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
+    from .hardware import resolve_round_to
     from .importance import IMPORTANCE_METHODS
     from .measure import resolve_backends
     from .prune import check_ratio
-    from .targets import check_target
+    from .targets import check_backend, check_target
 
     overrides = dict(overrides)
     train_args = {k: overrides.pop(k) for k in list(overrides) if k not in PRUNE_DEFAULTS and k in DEFAULT_CFG_DICT}
@@ -205,14 +207,19 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
                 f"missing required argument {key}=...; e.g. 'yolo-prune prune model=best.pt data=data.yaml'"
             )
         args[key] = str(args[key])
-    if not is_none(args["ratio"]) and not is_none(overrides.get("target_macs")):
-        raise ValueError("give ratio= or target_macs=, not both")
+    given = [k for k in ("ratio", "target_macs", "target_latency") if not is_none(overrides.get(k))]
+    if len(given) > 1:
+        raise ValueError(f"give one of ratio=, target_macs= and target_latency=, not {' and '.join(given)}")
     args["ratio"] = None if is_none(args["ratio"]) else check_ratio(args["ratio"])
-    if args["ratio"] is None:
+    args["target_latency"] = (
+        None if is_none(args["target_latency"]) else check_target(args["target_latency"], "target_latency")
+    )
+    if args["ratio"] is None and args["target_latency"] is None:
         target = PRUNE_DEFAULTS["target_macs"] if is_none(args["target_macs"]) else args["target_macs"]
         args["target_macs"] = check_target(target, "target_macs")
     else:
         args["target_macs"] = None
+    args["backend"] = check_backend(args["backend"])
     for key, minimum in _INT_KEYS.items():
         args[key] = _as_int(key, args[key], minimum)
     args["threads"] = None if is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
@@ -256,6 +263,10 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     if args["sparsity"] < 0:
         raise ValueError(f"sparsity={args['sparsity']} must be >= 0")
     args["device"] = resolve_device(args["device"])
+    rounding = resolve_round_to(args["round_to"], args["backend"], args["device"])
+    args["round_to"], args["round_to_reason"] = rounding.value, rounding.reason
+    if args["target_latency"] is not None and args["steps"] > 1:
+        raise ValueError("target_latency= prunes in one step: leave steps=1 (or use target_macs= with steps)")
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
     labels, errors = resolve_backends(backends, args["device"])
@@ -267,6 +278,23 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"name={args['name']!r} must be a plain folder name (use project= for the parent folder)")
     args["train_args"] = train_args
     return args
+
+
+def latency_note(target: dict) -> str:
+    """Return the report line for a latency target: the goal, what the latency model predicted, what was measured."""
+    line = (
+        f"target_latency={target['target']:g} on {target.get('backend')} at imgsz {target.get('imgsz')}: "
+        f"predicted {target['achieved']:.1%} of the unpruned latency"
+    )
+    timed = target.get("measured")
+    if isinstance(timed, dict):
+        lo, hi = timed["spread"]
+        line += (
+            f", measured {timed['ratio']:.1%} ({timed['pruned_ms']:.1f} / {timed['base_ms']:.1f} ms median of "
+            f"{timed['rounds']} interleaved rounds, {timed['threads']} thread(s); per-round ratios 10-90 %: "
+            f"{lo:.1%}-{hi:.1%}, the noise of this measurement)"
+        )
+    return line
 
 
 def _check_scan_ratios(value: Any) -> tuple[float, ...]:
@@ -602,7 +630,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     weights = run_dir / "weights"
     measure_dir = run_dir / "measure"
     per_step = step_ratio(args["ratio"], args["steps"]) if args["ratio"] is not None else None
-    goal = f"ratio={args['ratio']}" if args["ratio"] is not None else f"target_macs={args['target_macs']}"
+    goal = next(f"{k}={args[k]}" for k in ("ratio", "target_latency", "target_macs") if args[k] is not None)
     LOGGER.info(
         f"{prefix}{args['model']} -> {colorstr('bold', run_dir)}: {goal} in {args['steps']} step(s), "
         f"allocation={args['allocation']}, {args['epochs']} fine-tuning epoch(s) each"
@@ -639,7 +667,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         stopped_at = None
         for step in range(1, args["steps"] + 1):
             amount = {"ratio": per_step}
-            if per_step is None:  # cumulative MACs target after this step, relative to what `current` keeps now
+            if args["target_latency"] is not None:
+                amount = {"target_latency": args["target_latency"]}
+            elif per_step is None:  # cumulative MACs target after this step, relative to what `current` keeps now
                 kept = count_gflops(current.model, args["imgsz"]) / base_macs
                 amount = {"target_macs": min(1.0, args["target_macs"] ** (step / args["steps"]) / kept)}
             LOGGER.info(f"{prefix}step {step}/{args['steps']}: pruning the current model to {amount}")
@@ -654,12 +684,18 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 data=args["data"],  # calibration images for gradient methods (taylor, hessian)
                 device=args["device"],
                 imgsz=args["imgsz"],
+                backend=args["backend"],
+                threads=args["threads"],
+                latency_table=run_dir / "latency" / f"{args['backend']}-{args['imgsz']}-t{args['threads'] or 1}.json",
             )
             meta = {
                 "ratio": args["ratio"],
                 "target_macs": args["target_macs"],
+                "target_latency": args["target_latency"],
+                "backend": args["backend"],
                 "allocation": args["allocation"],
                 "layer_ratios": pruned.prune_info.get("layer_ratios"),
+                "target": pruned.prune_info.get("target"),
                 "distill_model": teacher,
                 "step_ratio": per_step,
                 "step": step,
@@ -670,6 +706,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 "fine_tuned_epochs": 0,
             }
             pruned_path = save_checkpoint(pruned, weights / "pruned.pt", yolo_prune=meta)
+            if args["target_latency"] is not None:
+                notes.append(latency_note(pruned.prune_info["target"]))
             last_good = pruned_path
             if args["steps"] > 1:
                 _copy_atomic(pruned_path, weights / f"step{step}-pruned.pt")
@@ -726,7 +764,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
 
     notes.append(
         f"{goal} in {args['steps']} step(s), allocation={args['allocation']} ({args['method']}, round_to="
-        f"{args['round_to']}), {args['epochs']} fine-tuning epoch(s) per step at imgsz={args['imgsz']}"
+        f"{args['round_to']}: {args['round_to_reason']}), {args['epochs']} fine-tuning epoch(s) per step at "
+        f"imgsz={args['imgsz']}"
         + (f", distilled from {teacher}" if teacher else "")
         + (
             f"; {args['sparse_epochs']} sparse epoch(s) first (sparsity={args['sparsity']:g})"

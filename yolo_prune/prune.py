@@ -569,6 +569,19 @@ def _describe(stats: PruneStats) -> dict:
     return dict(stats.__dict__)
 
 
+def _latency_savings(curves: list, cost: Any, pruned_copy: Any) -> list:
+    """Return ``curves`` with each point's saving re-measured as the fraction of ``cost`` saved (e.g. latency)."""
+    from .allocate import LayerCurve
+
+    out = []
+    for curve in curves:
+        savings = [0.0 if r == 0 else max(0.0, 1.0 - cost(pruned_copy({curve.stage: r}))) for r in curve.ratios]
+        for k in range(1, len(savings)):  # measured savings may wobble; a larger cut never saves less
+            savings[k] = max(savings[k], savings[k - 1])
+        out.append(LayerCurve(curve.stage, list(curve.ratios), list(curve.losses), savings))
+    return out
+
+
 def _allocate(
     pruned: YOLO,
     curves: list,
@@ -578,23 +591,22 @@ def _allocate(
     importance: tp.importance.Importance,
     seed: int,
     options: dict,
-    imgsz: int,
-    backend: str,
-    device: str,
-    runs: int,
-    threads: int | None,
+    measure: dict,
     verbose: bool,
-) -> tuple[Any, PruneStats]:
+) -> tuple[Any, PruneStats, dict]:
     """Prune ``pruned.model`` in place with per-layer ratios allocated from ``curves`` to meet the cost target.
 
-    Without a target (``wanted`` None), the target is the MACs that uniform pruning at ``ratio`` keeps.
-    Returns the `yolo_prune.allocate.Allocation` and the stats of the final pruning pass.
+    Without a target (``wanted`` None), the target is the MACs that uniform pruning at ``ratio`` keeps. For a latency
+    target on a CPU, the cost is the latency predicted by a per-conv `yolo_prune.hardware.LatencyTable` (deterministic,
+    cached in ``measure["table"]``), the curves' savings are re-measured in that latency, and the final network is
+    then timed for real against the unpruned one (interleaved rounds).
+    Returns the `yolo_prune.allocate.Allocation`, the stats of the final pruning pass and what the latency model and
+    the final measurement found (empty for MACs).
     """
     from .allocate import allocate
+    from .hardware import LatencyTable, compare_latency
     from .targets import cost_meter
 
-    meter = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=runs, threads=threads)
-    base_cost = meter(pruned.model)
     layer_options = {**options, "layer_ratios": None, "staggered": False}
 
     def pruned_copy(layer_ratios: dict[int, float] | None, uniform: float = 0.0) -> nn.Module:
@@ -602,13 +614,52 @@ def _allocate(
         prune_seeded(module, uniform, importance, seed, **{**layer_options, "layer_ratios": layer_ratios})
         return module
 
+    extra: dict = {}
+    table = None
+    if kind == "latency" and str(measure["device"]).lower() == "cpu" and measure["backend"] in ("torch", "onnx"):
+        threads = int(measure["threads"] or 1)
+        table = LatencyTable(measure["backend"], measure["imgsz"], threads, path=measure.get("table"))
+        whole = cost_meter(
+            "latency",
+            imgsz=measure["imgsz"],
+            backend=measure["backend"],
+            device="cpu",
+            runs=measure["runs"],
+            threads=threads,
+        )(pruned.model)
+        convs = table.predict(pruned.model)
+        rest = max(0.0, whole - convs)  # concat, upsample, attention, decoding: held fixed
+        extra = {"model": "latency table", "base_measured_ms": whole, "base_convs_ms": convs, "rest_ms": rest}
+        if verbose:
+            LOGGER.info(
+                f"{PREFIX}latency model ({measure['backend']}, {threads} thread(s), imgsz {measure['imgsz']}): "
+                f"{convs:.1f} ms in convs + {rest:.1f} ms elsewhere (measured {whole:.1f} ms)"
+            )
+
+        def meter(module: nn.Module) -> float:
+            return table.predict(module) + rest
+    else:
+        meter = cost_meter(kind, **{k: v for k, v in measure.items() if k != "table"})
+    base_cost = meter(pruned.model)
+    if kind == "latency":
+        curves = _latency_savings(curves, lambda m: meter(m) / base_cost, pruned_copy)
     if wanted is None:
         wanted = meter(pruned_copy(None, ratio)) / base_cost
         if verbose:
             LOGGER.info(f"{PREFIX}uniform ratio {ratio:g} keeps {wanted:.1%} of the {kind}: allocating that budget")
     allocation = allocate(curves, lambda r: meter(pruned_copy(r)) / base_cost, wanted, verbose=verbose)
+    base = copy.deepcopy(pruned.model) if table is not None else None
     stats = prune_seeded(pruned.model, 0.0, importance, seed, **{**layer_options, "layer_ratios": allocation.ratios})
-    return allocation, stats
+    if table is not None:
+        timed = compare_latency(base, pruned.model, measure["backend"], measure["imgsz"], table.threads)
+        extra.update(convs_timed=table.measured, table=None if table.path is None else str(table.path), measured=timed)
+        if verbose:
+            lo, hi = timed["spread"]
+            LOGGER.info(
+                f"{PREFIX}latency predicted {allocation.achieved:.1%}, measured {timed['ratio']:.1%} of the unpruned "
+                f"model ({timed['pruned_ms']:.1f} / {timed['base_ms']:.1f} ms; per-round 10-90 %: {lo:.1%}-{hi:.1%})"
+            )
+    return allocation, stats, extra
 
 
 @renamed_kwargs(latency_runs="runs", latency_threads="threads")
@@ -616,7 +667,7 @@ def prune(
     model: YOLO | str,
     ratio: float | None = None,
     method: str = "l2",
-    round_to: int = 8,
+    round_to: int | str = "auto",
     min_channels: int | None = None,
     seed: int = 0,
     verbose: bool = True,
@@ -636,6 +687,7 @@ def prune(
     runs: int = 30,
     threads: int | None = None,
     sensitivity: dict | str | Path | list | None = None,
+    latency_table: str | Path | None = None,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
@@ -649,7 +701,9 @@ def prune(
             or 0 for the layers not in ``layer_ratios``. Not allowed together with a target.
         method: Importance criterion: ``l1``, ``l2``, ``bn``, ``lamp``, ``fpgm``, ``taylor``, ``hessian``, ``random``
             (see ``IMPORTANCE_METHODS``). ``taylor`` and ``hessian`` need ``data``.
-        round_to: Kept widths are rounded to a multiple of this (hardware-friendly channel counts).
+        round_to: Kept widths are rounded to a multiple of this. ``"auto"`` (default) picks the channel block of the
+            deployment target, `yolo_prune.hardware.auto_round_to` for ``backend`` and ``device``: 16 on a CPU with
+            AVX-512, 8 on other CPUs and on GPUs. The value used and why are in ``prune_info``.
         min_channels: No group is cut below this width (default: ``round_to``).
         seed: Seed for random criteria.
         verbose: Log a one-line summary (and each target-search probe).
@@ -657,9 +711,14 @@ def prune(
             instead of removing ``ratio`` of every group; ``ratio`` is still the fraction of all prunable channels.
         max_ratio: With ``global_pruning``, the largest fraction removed from any one group, in (0, 1].
         layer_ratios: ``{index in model.model: ratio}``, e.g. from ``yolo_prune.sensitivity.layer_ratios``.
-        target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched.
-        target_latency: Keep at most this fraction of the latency measured on ``backend``/``device`` at ``imgsz``.
-        backend: Latency backend for ``target_latency``: ``torch`` or ``onnx``.
+        target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched. MACs are counted with
+            channel counts padded up to the hardware's channel block (``prune_info["macs_block"]``; see
+            `yolo_prune.hardware.padded_macs`), so the target is on the work a blocked kernel executes.
+        target_latency: Keep at most this fraction of the latency on ``backend``/``device`` at ``imgsz``. With
+            ``sensitivity`` on a CPU, a per-conv latency table of the backend predicts each candidate's latency
+            (cached in ``latency_table``) and the final model is timed against the unpruned one in interleaved rounds
+            (``prune_info["target"]["measured"]``, with its spread); otherwise each candidate is measured.
+        backend: Latency backend for ``target_latency`` and for ``round_to="auto"``: ``torch`` or ``onnx``.
         device: Device for latency measurement and gradient collection; None picks the first GPU when there is one,
             else the CPU (as Ultralytics does).
         imgsz: Image size for MACs, latency and gradient collection.
@@ -678,6 +737,8 @@ def prune(
             the same fraction of every layer, the layers' ratios are allocated from the measured curves
             (``yolo_prune.allocate``) so that the target (or, with ``ratio``, the MACs that uniform pruning at
             ``ratio`` would keep) is met with the least predicted mAP loss.
+        latency_table: JSON file caching the per-conv latency table of a latency target (reused when it was written
+            for the same backend, threads and CPU); None keeps it in memory.
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
@@ -696,9 +757,13 @@ def prune(
         >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # measured allocation
     """
     from .args import resolve_device
+    from .hardware import auto_round_to, resolve_round_to
     from .targets import check_backend, check_target, cost_meter, search_ratio
 
     device = resolve_device(device)
+    backend = check_backend(backend)
+    rounding = resolve_round_to(round_to, backend, device)
+    round_to, block = rounding.value, auto_round_to(backend, device).value
     importance = get_importance(method)
     given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
     if len(given) > 1:
@@ -708,8 +773,6 @@ def prune(
     if given and layer_ratios:
         raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with a target")
     target = {kind: check_target(value, f"target_{kind}") for kind, value in given.items()}
-    if "latency" in target:
-        backend = check_backend(backend)
     layers = check_layer_ratios(layer_ratios)
     if global_pruning and layers:
         raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
@@ -754,32 +817,34 @@ def prune(
         "global_pruning": bool(global_pruning),
         "staggered": options["staggered"],
         "round_to": round_to,
+        "round_to_reason": rounding.reason,
+        "macs_block": block,
+    }
+    if verbose and rounding.reason != "given":
+        LOGGER.info(f"{PREFIX}round_to=auto -> {round_to} ({rounding.reason})")
+    measure = {
+        "imgsz": imgsz,
+        "backend": backend,
+        "device": device,
+        "runs": runs,
+        "threads": threads,
+        "block": block,
+        "table": latency_table,
     }
     if curves is not None:
         kind, wanted = next(iter(target.items())) if target else ("macs", None)
-        allocation, stats = _allocate(
-            pruned,
-            curves,
-            kind,
-            wanted,
-            ratio,
-            importance,
-            seed,
-            options,
-            imgsz,
-            backend,
-            device,
-            runs,
-            threads,
-            verbose,
+        allocation, stats, latency = _allocate(
+            pruned, curves, kind, wanted, ratio, importance, seed, options, measure, verbose
         )
         ratio, layers = 0.0, allocation.ratios
         info["allocation"] = {"kind": kind, **allocation.as_dict()}
         if target:
-            info["target"] = {"kind": kind, "target": wanted, "achieved": allocation.achieved}
+            info["target"] = {"kind": kind, "target": wanted, "achieved": allocation.achieved, **latency}
+            if kind == "latency":
+                info["target"].update(backend=backend, device=str(device), imgsz=imgsz)
     elif target:
         kind, wanted = next(iter(target.items()))
-        meter = cost_meter(kind, imgsz=imgsz, backend=backend, device=device, runs=runs, threads=threads)
+        meter = cost_meter(kind, **{k: v for k, v in measure.items() if k != "table"})
         base_cost = meter(pruned.model)
         base_params = sum(p.numel() for p in pruned.model.parameters())
         found: dict[float, PruneStats] = {}

@@ -46,7 +46,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
     "method": "l2",  # channel importance: l1, l2, bn, lamp, fpgm, taylor, hessian, random
     "stages": None,  # layer indices of model.model to analyse (e.g. 0,2,4); None = every layer
-    "round_to": 8,  # kept widths are multiples of this
+    "round_to": "auto",  # kept widths are multiples of this; auto = this CPU's channel block (16 on AVX-512)
     "min_channels": None,  # no group is cut below this width (default round_to)
     "calib_batches": 4,  # training batches for gradient methods (taylor, hessian)
     "seed": 0,  # seed of the random method
@@ -160,7 +160,7 @@ def run_sensitivity(
     device: str | None = None,
     method: str = "l2",
     stages: Iterable[int] | str | None = None,
-    round_to: int = 8,
+    round_to: int | str = "auto",
     min_channels: int | None = None,
     calib_batches: int = 4,
     seed: int = 0,
@@ -181,7 +181,7 @@ def run_sensitivity(
         method: Importance criterion (see ``yolo_prune.importance.IMPORTANCE_METHODS``).
         stages: Layer indices of ``model.model`` to analyse; default every layer. Layers with no prunable channels
             (upsample, concat, ...) are listed but not validated.
-        round_to: Kept widths are rounded to a multiple of this.
+        round_to: Kept widths are rounded to a multiple of this; ``"auto"`` as in `yolo_prune.prune`.
         min_channels: No group is cut below this width (default: ``round_to``).
         calib_batches: Training batches for gradient methods.
         seed: Seed for the random method.
@@ -220,7 +220,9 @@ def run_sensitivity(
         raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")
     run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
     val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
-    options = {"round_to": round_to, "min_channels": min_channels}
+    from .hardware import resolve_round_to
+
+    options = {"round_to": resolve_round_to(round_to, "onnx", device).value, "min_channels": min_channels}
     if needs_gradients(method):
         options["gradients"] = collect_gradients(
             base, data_yaml, method, batches=calib_batches, imgsz=imgsz, device=device

@@ -96,17 +96,21 @@ def cost_meter(
     runs: int = 30,
     warmup: int = 5,
     threads: int | None = None,
+    block: int = 1,
 ) -> Callable[[nn.Module], float]:
     """Return a function that measures the cost of a detection module: MACs, or median latency in ms.
 
     Args:
-        kind: ``"macs"`` (THOP MACs at ``imgsz``, as Ultralytics counts them) or ``"latency"``.
+        kind: ``"macs"`` or ``"latency"``. MACs are THOP's count at ``imgsz`` (as Ultralytics counts them) when
+            ``block`` is 1, else the conv MACs with channel counts padded up to ``block``
+            (`yolo_prune.hardware.padded_macs`: the work a blocked CPU kernel executes).
         imgsz: Square input size.
         backend: Latency backend: ``"torch"`` (eager, fused) or ``"onnx"`` (Ultralytics export, then ONNX Runtime).
         device: Latency device (``"cpu"``, ``"0"``, ``"cuda:0"``).
         runs: Timed runs per latency measurement.
         warmup: Untimed runs first.
         threads: CPU threads for latency (default: every usable core).
+        block: Channel block for the MACs count (see ``kind``).
 
     Returns:
         A callable ``module -> cost``; the module is never modified.
@@ -114,6 +118,10 @@ def cost_meter(
     from .measure import count_gflops, export_onnx, measure_onnx_latency, measure_torch_latency
 
     if kind == "macs":
+        if block > 1:
+            from .hardware import padded_macs
+
+            return lambda module: padded_macs(module, imgsz, block)
         return lambda module: count_gflops(module, imgsz) / 2 * 1e9
     if kind != "latency":
         raise ValueError(f"unknown target kind '{kind}': choose one of {', '.join(TARGET_KINDS)}")

@@ -280,7 +280,8 @@ def allocate(
         largest = max(c.ratios[-1] for c in curves)
         raise ValueError(
             f"target {target:.3g} is out of reach: every layer at its largest measured ratio (up to {largest:g}) "
-            f"still keeps {top[2]:.1%}; scan larger ratios (ratios=...) or set a smaller cut"
+            f"still keeps {top[2]:.1%}; scan larger ratios (scan_ratios= of yolo-prune prune, ratios= of "
+            "run_sensitivity) or set a smaller cut"
         )
     best_t, best = high, top
     over = bottom = probe(low)

@@ -190,6 +190,7 @@ def usage(command: str | None = None) -> str:
             "scan (allocation=sensitivity; reuse it with sensitivity=<run>/sensitivity).\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.5 epochs=10 imgsz=640\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.33 distill=True epochs=10\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml target_latency=0.5 backend=onnx threads=1\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
             "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "

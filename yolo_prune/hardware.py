@@ -235,7 +235,8 @@ class LatencyTable:
         threads: Intra-op threads for the measurements (1 is steadiest on a shared machine).
         path: JSON cache file; read if it exists and was written for the same backend, threads and CPU, written
             after each new measurement batch (`save`). None keeps the table in memory only.
-        runs: Timed runs per conv (median taken), after ``warmup`` untimed ones.
+        runs: Timed runs per conv, after ``warmup`` untimed ones; the fastest is kept (the run least disturbed by other
+            load on the machine, which only ever adds time).
         warmup: Untimed runs per conv.
     """
 
@@ -271,7 +272,7 @@ class LatencyTable:
         return versions
 
     def conv_ms(self, spec: ConvSpec) -> float:
-        """Return the median latency of one conv (+ activation) in ms, timing it if it is not in the table."""
+        """Return the latency of one conv (+ activation) in ms (fastest run), timing it if it is not in the table."""
         key = spec.key()
         if key not in self.entries:
             self.entries[key] = self._time(spec)
@@ -301,7 +302,7 @@ class LatencyTable:
             torch.set_num_threads(self.threads)
             try:
                 with torch.inference_mode():
-                    return self._median(lambda: module(x))
+                    return fastest_ms(lambda: module(x), self.runs, self.warmup)
             finally:
                 torch.set_num_threads(held)
         import onnxruntime as ort
@@ -313,17 +314,32 @@ class LatencyTable:
         opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
         session = ort.InferenceSession(buffer.getvalue(), sess_options=opts, providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
-        return self._median(lambda: session.run(None, feed))
+        return fastest_ms(lambda: session.run(None, feed), self.runs, self.warmup)
 
-    def _median(self, fn) -> float:
-        for _ in range(self.warmup):
-            fn()
-        times = []
-        for _ in range(self.runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return float(statistics.median(times))
+    def whole_ms(self, model: nn.Module) -> float:
+        """Return the fastest of ``runs`` runs of the whole ``model`` on this table's backend and threads (ms)."""
+        import tempfile
+
+        held = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with tempfile.TemporaryDirectory(prefix="yolo_prune_latency_") as tmp:
+                run = _runner(model, self.backend, self.imgsz, self.threads, Path(tmp), "whole")
+                return fastest_ms(run, self.runs, self.warmup)
+        finally:
+            torch.set_num_threads(held)
+
+
+def fastest_ms(fn, runs: int, warmup: int) -> float:
+    """Call ``fn`` ``warmup`` times, then time ``runs`` calls and return the fastest in ms."""
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
 
 
 @contextlib.contextmanager

@@ -78,6 +78,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
     "global_pruning": False,  # same as allocation=global (kept for compatibility)
     "round_to": "auto",  # kept widths are multiples of this; auto = the backend's channel block (16 on AVX-512)
+    "attention": "heads",  # attention blocks (PSA, C2PSA, A2C2f): heads = remove whole heads, keep = leave intact
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
     "backends": "torch",  # latency backends: torch, onnx (comma-separated)
     "runs": 50,  # timed latency runs per backend
@@ -181,6 +182,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
     from .hardware import resolve_round_to
+    from .heads import check_attention
     from .importance import IMPORTANCE_METHODS
     from .measure import resolve_backends
     from .prune import check_ratio
@@ -233,6 +235,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     if method not in IMPORTANCE_METHODS:
         raise ValueError(f"unknown method '{args['method']}'; choose one of {', '.join(IMPORTANCE_METHODS)}")
     args["method"] = method
+    args["attention"] = check_attention(args["attention"])
     for key in ("global_pruning", "distill"):
         if not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
@@ -538,6 +541,7 @@ def _sensitivity_curves(model: Any, run_dir: Path, args: dict) -> list:
         device=args["device"],
         method=args["method"],
         round_to=args["round_to"],
+        attention=args["attention"],
         images=args["scan_images"],
         project=run_dir,
         name="sensitivity",
@@ -678,6 +682,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 **amount,
                 method=args["method"],
                 round_to=args["round_to"],
+                attention=args["attention"],
                 seed=args["seed"],
                 global_pruning=args["allocation"] == "global",
                 sensitivity=curves,
@@ -702,6 +707,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 "steps": args["steps"],
                 "method": args["method"],
                 "round_to": args["round_to"],
+                "attention": args["attention"],
                 "source": str(args["model"]),
                 "fine_tuned_epochs": 0,
             }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from ultralytics.utils import LOGGER, colorstr
 
 from .args import renamed_kwargs
 from .checkpoint import load_yolo
+from .heads import check_attention, check_heads, head_scores, heads_to_keep, remove_heads, stream_tied
 from .importance import collect_gradients, get_importance, needs_gradients
 from .rules import TracingPlan, check_supported, prepare_for_tracing
 
@@ -46,6 +47,8 @@ class PruneStats:
         channels_removed: Channels removed.
         params_before: Parameters before pruning.
         params_after: Parameters after pruning.
+        heads_before: Attention heads (``Attention``/``AAttn``) before pruning; 0 with ``attention="keep"``.
+        heads_removed: Attention heads removed.
     """
 
     groups: int
@@ -53,6 +56,8 @@ class PruneStats:
     channels_removed: int
     params_before: int
     params_after: int
+    heads_before: int = 0
+    heads_removed: int = 0
 
 
 def check_fraction(value: float, name: str, meaning: str, zero_ok: bool, one_ok: bool) -> float:
@@ -224,16 +229,19 @@ def _plan_removals(
     global_pruning: bool = False,
     max_ratio: float = 0.9,
     staggered: bool = False,
+    forced: Mapping[int, int] | None = None,
 ) -> list[tuple[nn.Module, list[int]]]:
     """Decide, per group, which root channels go: the lowest-scored ones, twins pruned by equal counts.
 
     ``ratio`` is one value, or one per group (layer ratios). With ``global_pruning`` the counts come from ranking the
     normalised scores of all groups together instead, until ``ratio`` of all their channels are removed.
     ``staggered`` gives each unit its own rounding threshold (a golden-ratio sequence), so that widths do not all
-    change at the same ratios.
+    change at the same ratios. ``forced`` maps group indices to the exact width their unit keeps (the stream of an
+    ``Attention`` that loses heads); those units are left out of the ratio and the global ranking.
     """
     ratios = [ratio] * len(groups) if isinstance(ratio, (int, float)) else list(ratio)
     units, fixed = _twin_units(graph, groups, plan)
+    forced = dict(forced or {})
     counts = [0] * len(groups)
     scores: list[torch.Tensor | None] = [None] * len(groups)
 
@@ -243,15 +251,25 @@ def _plan_removals(
             scores[i] = None if s is None else torch.nan_to_num(s.detach().float().cpu(), nan=0.0)
         return scores[i]
 
+    free = [unit for unit in units if not forced.keys() & set(unit)]
+    for unit in units:
+        widths = {forced[i] for i in unit if i in forced}
+        if widths:  # _plan_heads gives every group of a unit the same width
+            keep = min(widths)
+            count = min(len(groups[i][0].idxs) for i in unit) - keep
+            for i in unit:
+                counts[i] = count
     if global_pruning:
-        for unit in units:
+        for unit in free:
             for i in unit:
                 score(i)
-        for u, count in _global_counts(scores, units, ratios[0], round_to, min_channels, max_ratio).items():
-            for i in units[u]:
+        for u, count in _global_counts(scores, free, ratios[0], round_to, min_channels, max_ratio).items():
+            for i in free[u]:
                 counts[i] = count
     else:
         for u, unit in enumerate(units):
+            if forced.keys() & set(unit):
+                continue
             phase = (u * GOLDEN) % 1.0 if staggered else 0.0
             count = min(
                 len(groups[i][0].idxs) - _keep_count(len(groups[i][0].idxs), ratios[i], round_to, min_channels, phase)
@@ -261,10 +279,60 @@ def _plan_removals(
                 counts[i] = count
     removals = []
     for i, (group, count) in enumerate(zip(groups, counts, strict=True)):
+        if i in forced and count > 0 and score(i) is None:  # the width must be met: fall back to weight magnitude
+            scores[i] = tp.importance.GroupMagnitudeImportance(p=2)(group).detach().float().cpu()
         if count <= 0 or i in fixed or score(i) is None:
             continue
         removals.append((group[0].dep.target.module, _pick_channels(group, scores[i], count, plan.shared)))
     return [(root, idxs) for root, idxs in removals if idxs]
+
+
+def _plan_heads(
+    graph: tp.DependencyGraph,
+    groups: list[tp.dependency.Group],
+    plan: TracingPlan,
+    stage_ratio: Callable[[nn.Module], float],
+) -> tuple[list[tuple[nn.Module, list[int]]], dict[int, int]]:
+    """Decide which heads each attention module of ``plan`` keeps, and the stream widths that this forces.
+
+    Every module keeps `yolo_prune.heads.heads_to_keep` of its heads at ``stage_ratio(module)``, the best by
+    `yolo_prune.heads.head_scores`. An ``Attention`` needs its stream (the group that prunes ``proj``'s output, and its
+    twins) at exactly ``heads * head_dim`` channels (its whole width when no head goes): all attention modules on one
+    stream keep the largest of their head counts, and none loses a head when that stream is not prunable.
+
+    Returns:
+        ``[(module, head indices to keep)]`` for modules that lose heads, and ``{group index: width}`` for the streams.
+    """
+    owner: dict[nn.Module, int] = {}
+    for i, group in enumerate(groups):
+        for module in _out_modules(graph, group):
+            owner[module] = i
+    units, fixed = _twin_units(graph, groups, plan)
+    unit_of = {i: u for u, unit in enumerate(units) for i in unit}
+    wanted = {m: heads_to_keep(m.num_heads, stage_ratio(m)) for m in plan.attention}
+    on_stream: dict[int, list[nn.Module]] = {}
+    for m in plan.attention:
+        if stream_tied(m):
+            g = owner.get(m.proj.conv)
+            if g is None or g in fixed or g not in unit_of:
+                wanted[m] = m.num_heads
+            else:
+                on_stream.setdefault(unit_of[g], []).append(m)
+    forced: dict[int, int] = {}
+    for u, modules in on_stream.items():
+        keep = max(wanted[m] for m in modules)
+        if len({(m.num_heads, m.head_dim) for m in modules}) > 1:
+            keep = modules[0].num_heads  # attention modules of different shapes on one stream: leave them whole
+        for m in modules:
+            wanted[m] = keep
+        # Forced even when no head goes: then the stream keeps its whole width, as the view in forward needs.
+        forced.update({i: keep * modules[0].head_dim for i in units[u]})
+    heads = []
+    for m, keep in wanted.items():
+        if keep < m.num_heads:
+            best = torch.argsort(head_scores(m), descending=True, stable=True)[:keep]
+            heads.append((m, sorted(best.tolist())))
+    return heads, forced
 
 
 def _tied_root_channels(group: tp.dependency.Group, shared: Mapping[nn.Module, int]) -> list[list[int]]:
@@ -350,6 +418,7 @@ def prune_detection_model(
     layer_ratios: Mapping[int, float] | None = None,
     gradients: Mapping[str, torch.Tensor] | None = None,
     staggered: bool = False,
+    attention: str = "heads",
 ) -> PruneStats:
     """Prune an Ultralytics ``DetectionModel`` in place.
 
@@ -371,6 +440,9 @@ def prune_detection_model(
         staggered: Per-layer-uniform mode only: give each group its own rounding threshold instead of rounding every
             kept width up. Widths stay multiples of ``round_to``, but they no longer all change at the same ratios,
             so the cost falls smoothly with ``ratio`` (the target searches use it).
+        attention: ``heads`` (default): attention modules (``Attention``, ``AAttn``) lose whole heads at the ratio of
+            their layer, and the stream around them is pruned; ``keep``: attention and its stream keep their widths.
+            See ``yolo_prune.rules``.
 
     Returns:
         A ``PruneStats`` summary.
@@ -386,6 +458,7 @@ def prune_detection_model(
     if global_pruning and layer_ratios:
         raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
     max_ratio = _check_max_ratio(max_ratio)
+    attention = check_attention(attention)
     check_supported(model)
     round_to = max(1, int(round_to))
     min_channels = round_to if min_channels is None else max(1, int(min_channels))
@@ -406,7 +479,7 @@ def prune_detection_model(
     try:
         if gradients is not None:
             _apply_gradients(model, gradients)
-        plan = prepare_for_tracing(model)
+        plan = prepare_for_tracing(model, attention)
         _slice_twin_gradients(model)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
@@ -420,11 +493,22 @@ def prune_detection_model(
                 if not _touches(graph, g, plan.frozen_in)
             ]
             ratios: float | list[float] = ratio
+            stage = _stage_of(model)
             if layer_ratios:
-                stage = _stage_of(model)
                 ratios = [layer_ratios.get(stage.get(g[0].dep.target.module, -1), ratio) for g in groups]
+            heads, forced = _plan_heads(graph, groups, plan, lambda m: layer_ratios.get(stage.get(m, -1), ratio))
             removals = _plan_removals(
-                graph, groups, plan, ratios, importance, round_to, min_channels, global_pruning, max_ratio, staggered
+                graph,
+                groups,
+                plan,
+                ratios,
+                importance,
+                round_to,
+                min_channels,
+                global_pruning,
+                max_ratio,
+                staggered,
+                forced,
             )
             for root, idxs in removals:
                 pruner = graph.get_pruner_of_module(root)
@@ -436,6 +520,16 @@ def prune_detection_model(
             p.grad = None
             p.requires_grad_(requires_grad.get(name, True))
         model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    heads_before = sum(m.num_heads for m in plan.attention)
+    heads_removed = sum(m.num_heads - len(keep) for m, keep in heads)
+    for module, keep in heads:
+        remove_heads(module, keep)
+    for module in plan.attention:
+        try:
+            check_heads(module)
+        except ValueError as e:
+            raise ValueError(f"pruning broke attention '{names.get(module, '?')}': {e}; please report it") from e
     check_pruned(model, example, reference)
     return PruneStats(
         groups=len(groups),
@@ -443,6 +537,8 @@ def prune_detection_model(
         channels_removed=sum(len(idxs) for _, idxs in removals),
         params_before=params_before,
         params_after=sum(p.numel() for p in model.parameters()),
+        heads_before=heads_before,
+        heads_removed=heads_removed,
     )
 
 
@@ -681,6 +777,7 @@ def prune(
     threads: int | None = None,
     sensitivity: dict | str | Path | list | None = None,
     latency_table: str | Path | None = None,
+    attention: str = "heads",
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
@@ -732,14 +829,17 @@ def prune(
             ``ratio`` would keep) is met with the least predicted mAP loss.
         latency_table: JSON file caching the per-conv latency table of a latency target (reused when it was written
             for the same backend, threads and CPU); None keeps it in memory.
+        attention: ``heads`` (default): attention (``Attention`` in PSA/C2PSA/C3k2, ``AAttn`` in A2C2f) loses whole
+            heads at the ratio of its layer, and the stream around it is pruned too; ``keep``: attention and its
+            stream keep their widths (the behaviour before 0.3). ``prune_info["heads_removed"]`` counts the heads.
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
 
     Raises:
-        ValueError: On a bad ``ratio`` or target, both given, an unknown ``method``, a gradient method without
-            ``data``, an unreachable target, an unreadable model, an unsupported model family, or an old argument
-            name (``latency_runs``, ``latency_threads``) given together with its new one.
+        ValueError: On a bad ``ratio`` or target, both given, an unknown ``method`` or ``attention``, a gradient
+            method without ``data``, an unreachable target, an unreadable model, an unsupported model family, or an
+            old argument name (``latency_runs``, ``latency_threads``) given together with its new one.
 
     Examples:
         >>> from yolo_prune import prune
@@ -758,6 +858,7 @@ def prune(
     rounding = resolve_round_to(round_to, backend, device)
     round_to, block = rounding.value, auto_round_to(backend, device).value
     importance = get_importance(method)
+    attention = check_attention(attention)
     given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
     if len(given) > 1:
         raise ValueError("give at most one of target_macs and target_latency")
@@ -800,6 +901,7 @@ def prune(
         "layer_ratios": layers,
         "gradients": gradients,
         "staggered": bool(staggered) or bool(target),
+        "attention": attention,
     }
 
     def prune_module(module: nn.Module, value: float) -> PruneStats:
@@ -812,6 +914,7 @@ def prune(
         "round_to": round_to,
         "round_to_reason": rounding.reason,
         "macs_block": block,
+        "attention": attention,
     }
     if verbose and rounding.reason != "given":
         LOGGER.info(f"{PREFIX}round_to=auto -> {round_to} ({rounding.reason})")

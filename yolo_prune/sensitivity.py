@@ -48,6 +48,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "stages": None,  # layer indices of model.model to analyse (e.g. 0,2,4); None = every layer
     "round_to": "auto",  # kept widths are multiples of this; auto = this CPU's channel block (16 on AVX-512)
     "min_channels": None,  # no group is cut below this width (default round_to)
+    "attention": "heads",  # attention layers: heads = remove whole heads (as prune does), keep = leave intact
     "calib_batches": 4,  # training batches for gradient methods (taylor, hessian)
     "seed": 0,  # seed of the random method
     "images": None,  # validate on the first N validation images only (faster scan); None = all
@@ -162,6 +163,7 @@ def run_sensitivity(
     stages: Iterable[int] | str | None = None,
     round_to: int | str = "auto",
     min_channels: int | None = None,
+    attention: str = "heads",
     calib_batches: int = 4,
     seed: int = 0,
     images: int | None = None,
@@ -183,6 +185,7 @@ def run_sensitivity(
             (upsample, concat, ...) are listed but not validated.
         round_to: Kept widths are rounded to a multiple of this; ``"auto"`` as in `yolo_prune.prune`.
         min_channels: No group is cut below this width (default: ``round_to``).
+        attention: ``heads`` (attention layers lose whole heads, as ``prune`` does by default) or ``keep``.
         calib_batches: Training batches for gradient methods.
         seed: Seed for the random method.
         images: Validate on the first ``images`` validation images only (sorted by path), for a quicker scan; the
@@ -201,6 +204,7 @@ def run_sensitivity(
     from .args import resolve_device
     from .checkpoint import load_yolo
     from .data import resolve_data
+    from .heads import check_attention
     from .importance import collect_gradients, get_importance, needs_gradients
     from .measure import count_gflops, validate
     from .report import machine_info
@@ -222,7 +226,11 @@ def run_sensitivity(
     val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
     from .hardware import resolve_round_to
 
-    options = {"round_to": resolve_round_to(round_to, "onnx", device).value, "min_channels": min_channels}
+    options = {
+        "round_to": resolve_round_to(round_to, "onnx", device).value,
+        "min_channels": min_channels,
+        "attention": check_attention(attention),
+    }
     if needs_gradients(method):
         options["gradients"] = collect_gradients(
             base, data_yaml, method, batches=calib_batches, imgsz=imgsz, device=device
@@ -239,7 +247,7 @@ def run_sensitivity(
             for ratio in ratio_list:
                 module, stats = _prune_stage(base, stage, ratio, importance, options, seed)
                 result = {"ratio": ratio, "channels_removed": stats.channels_removed, "params": stats.params_after}
-                if stats.channels_removed:
+                if stats.channels_removed or stats.heads_removed:
                     row["prunable"] = True
                     metrics = validate(module, val_yaml, **val_args)
                     result.update(metrics, macs_kept=count_gflops(module, imgsz) / 2 / base_macs)

@@ -139,11 +139,13 @@ def test_keep_leaves_attention_as_it_was(variants, name):
 
 def test_yolo12n_loses_two_thirds_of_its_macs():
     """YOLO12n at ratio 0.5 loses at least 65 % of its MACs (imgsz 640) with attention pruned, against about 56 %
-    with attention kept. Mutation caught: A2C2f's stream still frozen (the cut would stay at about 56 %)."""
+    with attention kept, at the 8-channel rounding the other families' 68-74 % were measured with (round_to=16, the
+    auto value on AVX-512, rounds 48-channel groups up to 32 and keeps a little more: 64.7 %).
+    Mutation caught: A2C2f's stream still frozen (the cut would stay at about 56 %)."""
     base = YOLO("yolo12n.yaml")
     macs = count_gflops(base.model, 640)
-    heads = count_gflops(prune(base, ratio=0.5, verbose=False).model, 640)
-    keep = count_gflops(prune(base, ratio=0.5, attention="keep", verbose=False).model, 640)
+    heads = count_gflops(prune(base, ratio=0.5, round_to=8, verbose=False).model, 640)
+    keep = count_gflops(prune(base, ratio=0.5, round_to=8, attention="keep", verbose=False).model, 640)
     assert 1 - heads / macs >= 0.65, (macs, heads)
     assert heads < keep < macs
 

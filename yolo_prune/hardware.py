@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 TABLE_BACKENDS = ("torch", "onnx")
+# ONNX Runtime node types that a single-conv table entry also contains: the conv (fused with its activation or not),
+# SiLU as ORT fuses it, and the NCHWc layout reorders its blocked kernels add around convs.
+CONV_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "QuickGelu", "Sigmoid", "Mul", "ReorderInput", "ReorderOutput"})
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,43 @@ class LatencyTable:
         session = ort.InferenceSession(buffer.getvalue(), sess_options=opts, providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
         return fastest_ms(lambda: session.run(None, feed), self.runs, self.warmup)
+
+    def rest_ms(self, model: nn.Module, convs_ms: float) -> float:
+        """Return the time ``model`` spends outside its convs (concat, upsample, pooling, attention, decoding), in ms.
+
+        ONNX Runtime: from its per-node profile of the whole model (1 run of warm-up, then 10 profiled), the share of
+        kernel time in nodes that are not convs (or the activations and layout reorders fused with them), scaled to
+        ``convs_ms``; a ratio within the same runs, so other load on the machine cancels out. PyTorch: the fastest
+        whole-model run minus ``convs_ms``.
+        """
+        if self.backend == "torch":
+            return max(0.0, self.whole_ms(model) - convs_ms)
+        import tempfile
+
+        import onnxruntime as ort
+
+        from .measure import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="yolo_prune_latency_") as tmp:
+            path = export_onnx(model, imgsz=self.imgsz, out_dir=tmp, name="whole")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "profile")
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            inp = session.get_inputs()[0]
+            feed = {inp.name: torch.rand(1, 3, self.imgsz, self.imgsz).numpy()}
+            for _ in range(11):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        conv = rest = 0.0
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                if e.get("args", {}).get("op_name") in CONV_OPS:
+                    conv += float(e["dur"])
+                else:
+                    rest += float(e["dur"])
+        return convs_ms * rest / conv if conv > 0 else 0.0
 
     def whole_ms(self, model: nn.Module) -> float:
         """Return the fastest of ``runs`` runs of the whole ``model`` on this table's backend and threads (ms)."""

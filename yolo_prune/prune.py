@@ -715,14 +715,13 @@ def _allocate(
     if kind == "latency" and str(measure["device"]).lower() == "cpu" and measure["backend"] in ("torch", "onnx"):
         threads = int(measure["threads"] or 1)
         table = LatencyTable(measure["backend"], measure["imgsz"], threads, path=measure.get("table"))
-        whole = table.whole_ms(pruned.model)
         convs = table.predict(pruned.model)
-        rest = max(0.0, whole - convs)  # concat, upsample, attention, decoding: held fixed
-        extra = {"model": "latency table", "base_fastest_ms": whole, "base_convs_ms": convs, "rest_ms": rest}
+        rest = table.rest_ms(pruned.model, convs)  # concat, upsample, pooling, attention, decoding: held fixed
+        extra = {"model": "latency table", "base_convs_ms": convs, "rest_ms": rest}
         if verbose:
             LOGGER.info(
                 f"{PREFIX}latency model ({measure['backend']}, {threads} thread(s), imgsz {measure['imgsz']}): "
-                f"{convs:.1f} ms in convs + {rest:.1f} ms elsewhere (whole model: {whole:.1f} ms, fastest run)"
+                f"{convs:.1f} ms in convs + {rest:.1f} ms elsewhere"
             )
 
         def meter(module: nn.Module) -> float:

@@ -234,7 +234,8 @@ def usage(command: str | None = None) -> str:
 def unmeasured(run_dir: Path, command: str) -> str | None:
     """Return one line saying what could not be validated or measured in a finished run, or None if all was.
 
-    Read from the run's ``report.json``: the ``final`` row for ``prune``/``demo``, every row for ``bench``.
+    Read from the run's ``report.json``: the ``final`` row (and the INT8 rows of ``int8=True``) for ``prune``/``demo``,
+    every row for ``bench``.
 
     Args:
         run_dir (Path): The run folder returned by the command.
@@ -251,10 +252,12 @@ def unmeasured(run_dir: Path, command: str) -> str | None:
     checked = rows if command == "bench" else [r for r in rows if r.get("name") == "final"]
     if not checked:
         return f"the report {report} has no final model row"
+    if command != "bench":
+        checked += [r for r in rows if r.get("int8_of")]  # int8=True: the INT8 step was asked for, so it must work
     failed = [f"{r.get('name')} [{k}]" for r in checked for k in (r.get("errors") or {})]
     if not failed:
         return None
-    what = "the final model" if command != "bench" else "some models"
+    what = "some models" if command == "bench" or len(checked) > 1 else "the final model"
     return (
         f"{what} could not be validated or measured: {', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}; "
         f"{report.with_name('report.md')} says why"

@@ -147,8 +147,9 @@ def test_openvino_latency_of_a_tiny_model(tiny_models, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_openvino
-def test_bench_with_the_openvino_backend(tiny_models, tiny_data, tmp_path: Path) -> None:
-    """bench backends=openvino: an openvino_cpu column for each model; the export sits in the run folder."""
+def test_bench_with_the_openvino_backend_and_int8(tiny_models, tiny_data, tmp_path: Path) -> None:
+    """bench backends=openvino int8=True: an openvino_cpu column for each model, and after each model its INT8 row
+    (smaller weights, measured mAP, the same column); the exports sit in the run folder."""
     run_dir = run_bench(
         [str(p) for p in tiny_models],
         data=tiny_data,
@@ -158,11 +159,16 @@ def test_bench_with_the_openvino_backend(tiny_models, tiny_data, tmp_path: Path)
         runs=2,
         warmup=1,
         threads=1,
+        int8=True,
     )
     rows = json.loads((run_dir / "report.json").read_text())["rows"]
-    assert [set(r["latency_ms"]) for r in rows] == [{"openvino_cpu"}, {"openvino_cpu"}]
-    assert all(r["errors"] == {} and r["latency_ms"]["openvino_cpu"] > 0 for r in rows)
+    assert [r["name"] for r in rows] == ["v8n", "v8n+int8", "v8n_narrow", "v8n_narrow+int8"]
+    assert all(set(r["latency_ms"]) == {"openvino_cpu"} and r["errors"] == {} for r in rows), rows
+    assert all(r["latency_ms"]["openvino_cpu"] > 0 and r["map50_95"] is not None for r in rows)
+    assert rows[1]["int8_of"] == "v8n" and rows[1]["params"] == rows[0]["params"]
+    assert rows[3]["size_mb"] < rows[1]["size_mb"] < rows[0]["size_mb"]
     assert (run_dir / "openvino" / "v8n_narrow_openvino_model").is_dir()
+    assert (run_dir / "int8" / "v8n_narrow_int8_openvino_model").is_dir()
     assert "openvino_cpu ms" in (run_dir / "report.md").read_text()
 
 

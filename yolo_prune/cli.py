@@ -192,6 +192,8 @@ def usage(command: str | None = None) -> str:
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.33 distill=True epochs=10\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.5 int8=True  (INT8 OpenVINO rows for "
+            "baseline and final model; pip install openvino nncf)\n"
             "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "
             "(PruneCallback defaults to 3: it prunes progressively inside one training run).\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
@@ -201,6 +203,7 @@ def usage(command: str | None = None) -> str:
         "bench": (
             "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"
             f"  example: {PROG} bench models=base.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640\n"
+            f"  example: {PROG} bench models=base.pt,pruned.pt data=data.yaml backends=torch,onnx,openvino int8=True\n"
             "  batch= is the validation batch (as in Ultralytics and prune); the latency input batch is "
             "latency_batch=. Before, batch= was the latency batch and val_batch= the validation one (val_batch= "
             "still works, deprecated).\n"

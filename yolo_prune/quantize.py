@@ -159,11 +159,16 @@ def measure_int8(
     Returns:
         (dict): A row as in `yolo_prune.measure.new_row`, plus ``int8_of`` (the source row's name), ``imgsz``,
             ``batch`` (1) and ``openvino_path``.
+
+    Raises:
+        ValueError: Without ``out_dir``.
     """
+    if out_dir is None:
+        raise ValueError("measure_int8 needs out_dir= (the INT8 model is written there)")
     source_row = source_row or {}
     row = new_row(f"{name}+int8", None, imgsz=imgsz, batch=1, device="cpu", int8_of=name)
     row["params"], row["gflops"] = source_row.get("params"), source_row.get("gflops")
-    out = Path(out_dir) if out_dir is not None else Path("int8")
+    out = Path(out_dir)
     try:
         folder = export_int8(model, data, imgsz, out, name, calibration_images)
     except Exception as e:

@@ -243,3 +243,16 @@ def test_prune_int8_rows_and_failure_exit_code(tiny_data, tmp_path: Path, capsys
     assert len(err.splitlines()) == 1 and "final+int8 [int8]" in err
     rows = {r["name"]: r for r in json.loads((tmp_path / "broken" / "report.json").read_text())["rows"]}
     assert rows["final"]["errors"] == {} and "int8" in rows["baseline+int8"]["errors"]
+
+
+@needs_openvino
+def test_latency_target_meter_on_openvino(tiny_models) -> None:
+    """``prune(target_latency=..., backend="openvino")`` measures candidates through an OpenVINO export: a narrower
+    network costs less (a real measurement, not a constant), and the given module is left as it was."""
+    from yolo_prune.targets import check_backend, cost_meter
+
+    assert check_backend("OpenVINO") == "openvino"
+    meter = cost_meter("latency", imgsz=160, backend="openvino", runs=15, warmup=3, threads=1)
+    big, small = (load_yolo(str(p)).model for p in tiny_models)
+    params = count_params(big)
+    assert meter(small) < meter(big) and count_params(big) == params

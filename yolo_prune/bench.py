@@ -4,6 +4,7 @@ Examples:
     >>> from yolo_prune.bench import run_bench
     >>> run_dir = run_bench(["yolov8n.pt", "pruned.pt"], data="coco8.yaml", imgsz=320, runs=20)
     >>> sorted(p.name for p in run_dir.iterdir())  # onnx/, pareto.png, report.json, report.md, results.csv, val/
+    >>> run_bench(["best.pt", "pruned.pt"], data="data.yaml", int8=True)  # + rows best+int8, pruned+int8 (OpenVINO)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "batch": 16,  # validation batch, as in Ultralytics (it used to be the latency batch: now latency_batch)
     "latency_batch": 1,  # input batch of the latency measurements
     "device": None,  # None = as Ultralytics: the first GPU when there is one (adds CUDA backends), else the CPU
-    "backends": ("torch", "onnx"),  # or "torch,onnx"; also torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
+    "backends": ("torch", "onnx"),  # or "torch,onnx"; also openvino, torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
+    "int8": False,  # also quantize each model to INT8 with OpenVINO + NNCF (needs data=) and add a <name>+int8 row
     "threads": None,  # CPU threads for latency; None = every usable core
     "project": "runs/bench",
     "name": "exp",
@@ -56,9 +58,12 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
         (dict[str, Any]): Keyword arguments for `run_bench`.
 
     Raises:
-        ValueError: On an unknown key (with the closest valid one), a non-integer number, no models, or an old
-            argument name (``val_batch``) given together with its new one (``batch``).
+        ValueError: On an unknown key (with the closest valid one), a non-integer number, no models, an unknown or
+            uninstalled backend, ``int8=True`` without ``data`` or without OpenVINO/NNCF, or an old argument name
+            (``val_batch``) given together with its new one (``batch``).
     """
+    from .measure import resolve_backends
+
     overrides = rename_args(overrides, RENAMED, "bench")
     unknown = [k for k in overrides if k not in BENCH_DEFAULTS]
     if unknown:
@@ -81,6 +86,19 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["device"] = resolve_device(args["device"])
     if not args["models"]:
         raise ValueError("bench needs models=a.pt,b.pt (the first one is the baseline)")
+    if not isinstance(args["int8"], bool):
+        raise ValueError(f"int8={args['int8']!r} must be True or False")
+    if args["int8"]:
+        from .quantize import check_int8_available
+
+        if args["data"] is None:
+            raise ValueError("int8=True needs data=... (calibration images from its train split, mAP from its val)")
+        check_int8_available()
+        if not any(b.lower().startswith("openvino") for b in args["backends"]):
+            args["backends"] += ("openvino",)  # the FP32 rows get the latency the INT8 rows are measured with
+    labels, errors = resolve_backends(args["backends"], args["device"])
+    if errors or not labels:
+        raise ValueError(next(iter(errors.values()), "backends= must name a backend (torch, onnx, openvino)"))
     return args
 
 
@@ -107,6 +125,7 @@ def run_bench(
     latency_batch: int = 1,
     threads: int | None = None,
     command: str | None = None,
+    int8: bool = False,
 ) -> Path:
     """Measure each model, write the report into a new run folder and log the table.
 
@@ -129,6 +148,9 @@ def run_bench(
         latency_batch (int): Input batch of the latency measurements.
         threads (int, optional): CPU threads for latency; every usable core when None.
         command (str, optional): Command line to record in the report.
+        int8 (bool): Also quantize each model to an INT8 OpenVINO model (`yolo_prune.quantize.measure_int8`: NNCF,
+            calibrated on train images of ``data``) and add its row ``<name>+int8`` after the model's own row; a
+            failure is recorded in that row's ``errors``. Give ``openvino`` in ``backends`` to compare with FP32.
 
     Returns:
         (Path): The run folder.
@@ -165,6 +187,14 @@ def run_bench(
         except Exception as e:  # measure_model records its own failures; this is a last resort
             row = new_row(label, model, errors={"bench": f"{type(e).__name__}: {e}"})
         rows.append(row)
+        if int8 and not {"load", "bench"} & set(row["errors"]):
+            from .quantize import measure_int8
+
+            LOGGER.info(f"{prefix}({i}/{len(models)}) {model}: INT8")
+            int8_row = measure_int8(
+                model, data, imgsz, run_dir / "int8", label, row, runs=runs, warmup=warmup, threads=threads
+            )
+            rows.append(int8_row)
     files = write_report(rows, run_dir, title="yolo-prune bench", command=command)
     LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
     LOGGER.info(f"{prefix}report written to {colorstr('bold', run_dir)}: {', '.join(p.name for p in files.values())}")

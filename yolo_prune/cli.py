@@ -193,6 +193,8 @@ def usage(command: str | None = None) -> str:
             f"  example: {PROG} prune model=best.pt data=data.yaml target_latency=0.5 backend=onnx threads=1\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
+            f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.5 int8=True  (INT8 OpenVINO rows for "
+            "baseline and final model; pip install openvino nncf)\n"
             "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "
             "(PruneCallback defaults to 3: it prunes progressively inside one training run).\n"
             "  attention=heads (default) removes whole heads from attention blocks (PSA, C2PSA, C3k2 attn, A2C2f of "
@@ -205,6 +207,7 @@ def usage(command: str | None = None) -> str:
         "bench": (
             "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"
             f"  example: {PROG} bench models=base.pt,runs/prune/exp/weights/best.pt data=data.yaml imgsz=640\n"
+            f"  example: {PROG} bench models=base.pt,pruned.pt data=data.yaml backends=torch,onnx,openvino int8=True\n"
             "  batch= is the validation batch (as in Ultralytics and prune); the latency input batch is "
             "latency_batch=. Before, batch= was the latency batch and val_batch= the validation one (val_batch= "
             "still works, deprecated).\n"
@@ -238,7 +241,8 @@ def usage(command: str | None = None) -> str:
 def unmeasured(run_dir: Path, command: str) -> str | None:
     """Return one line saying what could not be validated or measured in a finished run, or None if all was.
 
-    Read from the run's ``report.json``: the ``final`` row for ``prune``/``demo``, every row for ``bench``.
+    Read from the run's ``report.json``: the ``final`` row (and the INT8 rows of ``int8=True``) for ``prune``/``demo``,
+    every row for ``bench``.
 
     Args:
         run_dir (Path): The run folder returned by the command.
@@ -255,10 +259,12 @@ def unmeasured(run_dir: Path, command: str) -> str | None:
     checked = rows if command == "bench" else [r for r in rows if r.get("name") == "final"]
     if not checked:
         return f"the report {report} has no final model row"
+    if command != "bench":
+        checked += [r for r in rows if r.get("int8_of")]  # int8=True: the INT8 step was asked for, so it must work
     failed = [f"{r.get('name')} [{k}]" for r in checked for k in (r.get("errors") or {})]
     if not failed:
         return None
-    what = "the final model" if command != "bench" else "some models"
+    what = "some models" if command == "bench" or len(checked) > 1 else "the final model"
     return (
         f"{what} could not be validated or measured: {', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}; "
         f"{report.with_name('report.md')} says why"

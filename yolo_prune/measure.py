@@ -1,18 +1,21 @@
 """Measure what a (pruned) YOLO model costs and how accurate it is.
 
 Everything here works on stock Ultralytics checkpoints and modules of any width: parameters, GFLOPs (Ultralytics/THOP
-convention, 2 x MACs), checkpoint size, eager PyTorch latency, ONNX export through the Ultralytics exporter, ONNX
-Runtime latency and mAP from the Ultralytics validator. `measure_model` combines them into one report row (a plain
-dict, see `new_row`) where a failing stage or backend is recorded under `errors` instead of being raised.
+convention, 2 x MACs), checkpoint size, eager PyTorch latency, ONNX and OpenVINO exports through the Ultralytics
+exporter, ONNX Runtime and OpenVINO latency (OpenVINO is optional: ``pip install openvino``) and mAP from the
+Ultralytics validator. `measure_model` combines them into one report row (a plain dict, see `new_row`) where a failing
+stage or backend is recorded under `errors` instead of being raised.
 
 Examples:
     >>> from yolo_prune.measure import measure_model
     >>> row = measure_model("best.pt", data="data.yaml", imgsz=320, out_dir="runs/bench/exp")
     >>> row["latency_ms"]  # {'torch_cpu': 12.3, 'onnx_cpu': 8.1}
+    >>> measure_model("best.pt", backends="torch,onnx,openvino")["latency_ms"]  # adds 'openvino_cpu'
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -38,17 +41,31 @@ __all__ = [
     "count_params",
     "default_threads",
     "export_onnx",
+    "export_openvino",
     "file_size_mb",
     "load_yolo",
     "measure_model",
     "measure_onnx_latency",
+    "measure_openvino_latency",
     "measure_torch_latency",
     "new_row",
+    "openvino_size_mb",
+    "require_openvino",
     "resolve_backends",
     "validate",
 ]
 
-ACCEPTED_BACKENDS = ("torch", "onnx", "torch_cpu", "torch_cuda", "onnx_cpu", "onnx_cuda")
+ACCEPTED_BACKENDS = (
+    "torch",
+    "onnx",
+    "openvino",
+    "torch_cpu",
+    "torch_cuda",
+    "onnx_cpu",
+    "onnx_cuda",
+    "openvino_cpu",
+)
+OPENVINO_MISSING = "the openvino backend needs OpenVINO: pip install openvino"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -209,6 +226,39 @@ def measure_torch_latency(
     return _stats(times, threads, str(dev))
 
 
+def _export_copy(model_or_ckpt: Any, out_dir: str | Path | None, name: str | None, suffix: str, **export: Any) -> Path:
+    """Export with the Ultralytics exporter from a scratch copy inside ``out_dir``; move only the result out.
+
+    The exporter writes beside the ``.pt`` it was loaded from, so the model is first copied (or, for a module, saved)
+    into a scratch folder inside ``out_dir``. Its result (a file or a model folder) becomes ``out_dir/<name><suffix>``,
+    replacing an earlier one of that name.
+    """
+    from ultralytics import YOLO
+
+    if out_dir is None:
+        raise ValueError("exports need out_dir= (e.g. a tempfile.TemporaryDirectory you remove afterwards)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_path = isinstance(model_or_ckpt, (str, Path))
+    stem = name or (Path(model_or_ckpt).stem if is_path else "model")
+    scratch = Path(tempfile.mkdtemp(prefix=".export_", dir=out))
+    try:
+        copy = scratch / f"{stem}.pt"
+        if is_path:
+            shutil.copyfile(model_or_ckpt, copy)
+        else:
+            _save_module(model_or_ckpt, copy)
+        f = YOLO(str(copy)).export(device="cpu", **export)
+        if not f or not Path(f).exists():
+            raise RuntimeError(f"{export.get('format')} export produced nothing (exporter returned {f!r})")
+        dest = out / f"{stem}{suffix}"
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        return Path(shutil.move(f, dest))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def export_onnx(
     model_or_ckpt: Any, imgsz: int = 640, batch: int = 1, out_dir: str | Path | None = None, name: str | None = None
 ) -> Path:
@@ -232,27 +282,120 @@ def export_onnx(
     Raises:
         ValueError: Without ``out_dir``.
     """
-    from ultralytics import YOLO
+    return _export_copy(model_or_ckpt, out_dir, name, ".onnx", format="onnx", imgsz=imgsz, batch=batch, simplify=True)
 
-    if out_dir is None:
-        raise ValueError("export_onnx needs out_dir= (e.g. a tempfile.TemporaryDirectory you remove afterwards)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    is_path = isinstance(model_or_ckpt, (str, Path))
-    stem = name or (Path(model_or_ckpt).stem if is_path else "model")
-    scratch = Path(tempfile.mkdtemp(prefix=".export_", dir=out))
+
+def require_openvino() -> Any:
+    """Import and return the ``openvino`` package, or raise a one-line `BackendUnavailableError` naming the pip package.
+
+    Returns:
+        (module): The ``openvino`` module.
+
+    Raises:
+        BackendUnavailableError: If OpenVINO is not installed.
+    """
     try:
-        copy = scratch / f"{stem}.pt"
-        if is_path:
-            shutil.copyfile(model_or_ckpt, copy)
-        else:
-            _save_module(model_or_ckpt, copy)
-        f = YOLO(str(copy)).export(format="onnx", imgsz=imgsz, batch=batch, simplify=True, device="cpu")
-        if not f or not Path(f).is_file():
-            raise RuntimeError(f"ONNX export produced no file (exporter returned {f!r})")
-        return Path(shutil.move(f, out / f"{stem}.onnx"))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        import openvino
+    except ImportError as e:
+        raise BackendUnavailableError(OPENVINO_MISSING) from e
+    return openvino
+
+
+def export_openvino(
+    model_or_ckpt: Any, imgsz: int = 640, batch: int = 1, out_dir: str | Path | None = None, name: str | None = None
+) -> Path:
+    """Export to OpenVINO IR (FP32) with the Ultralytics exporter, writing only inside `out_dir` (as `export_onnx`).
+
+    Args:
+        model_or_ckpt (str | Path | YOLO | nn.Module): Checkpoint path, YOLO object or module.
+        imgsz (int): Square input size (static).
+        batch (int): Batch size (static).
+        out_dir (str | Path): Output folder (required).
+        name (str, optional): Folder stem; defaults to the checkpoint stem or `model`.
+
+    Returns:
+        (Path): The model folder ``out_dir/<name>_openvino_model`` (``.xml``, ``.bin`` and ``metadata.yaml``).
+
+    Raises:
+        BackendUnavailableError: If OpenVINO is not installed.
+        ValueError: Without ``out_dir``.
+    """
+    require_openvino()
+    return _export_copy(model_or_ckpt, out_dir, name, "_openvino_model", format="openvino", imgsz=imgsz, batch=batch)
+
+
+def _openvino_xml(model: str | Path) -> Path:
+    """Return the ``.xml`` of an OpenVINO model given as the file or its folder."""
+    path = Path(model)
+    if path.is_dir():
+        found = sorted(path.glob("*.xml"))
+        if not found:
+            raise FileNotFoundError(f"no OpenVINO .xml model in '{path}'")
+        return found[0]
+    return path
+
+
+def openvino_size_mb(model: str | Path) -> float:
+    """Return the size in MB of an OpenVINO model's weights (its ``.bin`` files), given as the folder or the ``.xml``.
+
+    Args:
+        model (str | Path): Model folder or ``.xml`` file.
+
+    Returns:
+        (float): Size of the ``.bin`` weights in MB (10**6 bytes).
+    """
+    xml = _openvino_xml(model)
+    return sum(file_size_mb(p) for p in xml.parent.glob("*.bin"))
+
+
+def measure_openvino_latency(
+    model: str | Path,
+    imgsz: int = 640,
+    batch: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+    device: str = "CPU",
+) -> dict:
+    """Time an OpenVINO model (FP32 or INT8 IR) with the OpenVINO runtime, one synchronous request at a time.
+
+    The model is compiled with ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS=threads`` and
+    ``INFERENCE_PRECISION_HINT=f32``: floating-point layers run in FP32 on every CPU (some CPUs would otherwise pick
+    bf16), while the INT8 layers of a quantized model still run in INT8.
+
+    Args:
+        model (str | Path): Model folder (as exported) or its ``.xml``.
+        imgsz (int): Square input size (must match a static export).
+        batch (int): Batch size (must match a static export).
+        warmup (int): Untimed runs first.
+        runs (int): Timed runs.
+        threads (int, optional): Inference threads; `default_threads()` when None (the same default as torch).
+        device (str): OpenVINO device name (``CPU``).
+
+    Returns:
+        (dict): Same keys as `measure_torch_latency`, plus ``precision`` (the compiled inference precision).
+
+    Raises:
+        BackendUnavailableError: If OpenVINO is not installed.
+    """
+    ov = require_openvino()
+    threads = int(threads or default_threads())
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(str(_openvino_xml(model)), device.upper(), config)
+    request = compiled.create_infer_request()
+    shape = compiled.input(0).get_partial_shape()
+    channels = shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else 3
+    x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    stats = _stats(times, threads, device.lower())
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    stats["precision"] = precision.to_string() if hasattr(precision, "to_string") else str(precision)
+    return stats
 
 
 def measure_onnx_latency(
@@ -344,7 +487,8 @@ def resolve_backends(backends: Iterable[str] | str, device: str = "cpu") -> tupl
     """Turn requested backends into row labels.
 
     `torch` means PyTorch on `device` (`torch_cpu` or `torch_cuda`); `onnx` means `onnx_cpu`, plus `onnx_cuda` when
-    `device` is a GPU. Explicit labels are accepted as well.
+    `device` is a GPU; `openvino` means `openvino_cpu` (OpenVINO on the CPU, whatever `device` is). Explicit labels are
+    accepted as well. OpenVINO is optional: when it is not installed, `openvino` gets an error naming the pip package.
 
     Args:
         backends (Iterable[str] | str): Names, or one comma-separated string.
@@ -366,10 +510,12 @@ def resolve_backends(backends: Iterable[str] | str, device: str = "cpu") -> tupl
         elif b == "onnx":
             new = ["onnx_cpu", "onnx_cuda"] if gpu else ["onnx_cpu"]
         elif b in ACCEPTED_BACKENDS:
-            new = [b]
+            new = ["openvino_cpu"] if b == "openvino" else [b]
         else:
             errors[b] = f"unknown backend '{b}', accepted: {', '.join(ACCEPTED_BACKENDS)}"
             new = []
+        if new and new[0].startswith("openvino") and importlib.util.find_spec("openvino") is None:
+            errors[b], new = OPENVINO_MISSING, []
         labels += [x for x in new if x not in labels]
     return labels, errors
 
@@ -429,16 +575,17 @@ def measure_model(
         imgsz (int): Image size for GFLOPs, latency and validation.
         batch (int): Latency batch size.
         device (str): Ultralytics device string; a GPU adds CUDA backends.
-        backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `resolve_backends`).
+        backends (Iterable[str] | str): `torch`, `onnx`, `openvino` or explicit labels (see `resolve_backends`).
         runs (int): Timed runs per backend.
         warmup (int): Untimed runs per backend.
-        out_dir (str | Path, optional): Where the ONNX export and validation output go (temporary when None).
+        out_dir (str | Path, optional): Where the ONNX/OpenVINO exports and validation output go (temporary when None).
         name (str, optional): Row label; defaults to the file stem.
         val_batch (int): Validation batch size.
-        threads (int, optional): CPU threads for both latency backends; `default_threads()` when None.
+        threads (int, optional): CPU threads for every latency backend; `default_threads()` when None.
 
     Returns:
-        (dict): A row as described in `new_row`, plus `imgsz`, `batch`, `device` and `onnx_path` when exported.
+        (dict): A row as described in `new_row`, plus `imgsz`, `batch`, `device`, and `onnx_path` / `openvino_path`
+            when exported into ``out_dir``.
     """
     is_path = isinstance(ckpt_path, (str, Path))
     name = name or (Path(ckpt_path).stem if is_path else "model")
@@ -484,6 +631,10 @@ def measure_model(
                 if label.startswith("torch"):
                     dev = "cpu" if label == "torch_cpu" else (device if _is_gpu(device) else "0")
                     stats = measure_torch_latency(module, imgsz, batch, dev, warmup, runs, threads)
+                elif label.startswith("openvino"):
+                    ov_dir = export_openvino(ckpt_path if is_path else module, imgsz, batch, work / "openvino", name)
+                    row["openvino_path"] = str(ov_dir) if out_dir is not None else None
+                    stats = measure_openvino_latency(ov_dir, imgsz, batch, warmup, runs, threads)
                 else:
                     if onnx_path is None and export_error is None:
                         try:

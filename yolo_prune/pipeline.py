@@ -12,7 +12,8 @@ read. Layout of a run folder::
                                     sensitivity=<run>/sensitivity for the same model
         sparse/                     the sparse-training run (sparse_epochs > 0)
         step<k>/                    the Ultralytics trainer's own run for step k (weights/last.pt saved every epoch)
-        measure/                    validation and ONNX exports of the measured models
+        measure/                    validation and ONNX/OpenVINO exports of the measured models
+        measure/int8/               with int8=True: the INT8 OpenVINO models of the baseline and the final model
         report.json, report.md, results.csv, pareto.png
 
 Resuming: an interrupted fine-tune leaves ``exp/step<k>/weights/last.pt`` (and always ``weights/pruned.pt``). Resume
@@ -60,7 +61,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "target_macs": 0.5,  # keep at most this fraction of the MACs (0.5: 2x fewer); unused when ratio is given
     "ratio": None,  # or: the MACs that uniform pruning of this fraction of the channels keeps, in [0, 1)
     "target_latency": None,  # or: keep at most this fraction of the latency on `backend` (a per-conv latency model)
-    "backend": "onnx",  # deployment backend: the latency target's and round_to=auto's (torch, onnx)
+    "backend": "onnx",  # deployment backend: the latency target's and round_to=auto's (torch, onnx, openvino)
     "allocation": "sensitivity",  # how layers share the cut: sensitivity (measured), uniform, global
     "sensitivity": None,  # reuse a sensitivity.json (or its folder) from an earlier run of the same model
     "scan_ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone, by the sensitivity scan
@@ -80,7 +81,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "round_to": "auto",  # kept widths are multiples of this; auto = the backend's channel block (16 on AVX-512)
     "attention": "heads",  # attention blocks (PSA, C2PSA, A2C2f): heads = remove whole heads, keep = leave intact
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
-    "backends": "torch",  # latency backends: torch, onnx (comma-separated)
+    "backends": "torch",  # latency backends: torch, onnx, openvino (comma-separated)
+    "int8": False,  # also quantize baseline and final model to INT8 (OpenVINO + NNCF) and report both (adds openvino)
     "runs": 50,  # timed latency runs per backend
     "warmup": 10,  # untimed latency runs per backend
     "threads": None,  # CPU threads for latency; None = every usable core
@@ -236,7 +238,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown method '{args['method']}'; choose one of {', '.join(IMPORTANCE_METHODS)}")
     args["method"] = method
     args["attention"] = check_attention(args["attention"])
-    for key in ("global_pruning", "distill"):
+    for key in ("global_pruning", "distill", "int8"):
         if not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
     allocation = str(args["allocation"]).lower()
@@ -272,6 +274,12 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("target_latency= prunes in one step: leave steps=1 (or use target_macs= with steps)")
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
+    if args["int8"]:
+        from .quantize import check_int8_available
+
+        check_int8_available()  # one line naming the missing pip packages
+        if not any(b.strip().lower().startswith("openvino") for b in backends):
+            backends.append("openvino")  # every row gets the latency the INT8 rows are measured with
     labels, errors = resolve_backends(backends, args["device"])
     if errors or not labels:
         raise ValueError(next(iter(errors.values()), "backends= must name at least one backend (torch, onnx)"))
@@ -460,6 +468,31 @@ def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir
     return row
 
 
+def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args: dict, out_dir: Path) -> list[dict]:
+    """Quantize the baseline and the final model to INT8 and measure both (failures go to each row's ``errors``)."""
+    from ultralytics.utils import LOGGER, colorstr
+
+    from .quantize import measure_int8
+
+    rows = []
+    for model, row in ((baseline, base_row), (final, final_row)):
+        LOGGER.info(f"{colorstr('prune: ')}INT8: quantizing and measuring the {row['name']} model")
+        rows.append(
+            measure_int8(
+                model,
+                args["data"],
+                imgsz=args["imgsz"],
+                out_dir=out_dir,
+                name=row["name"],
+                source_row=row,
+                runs=args["runs"],
+                warmup=args["warmup"],
+                threads=args["threads"],
+            )
+        )
+    return rows
+
+
 def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dict) -> tuple[Path, Path]:
     """Train ``ckpt`` with the pruned trainer into ``run_dir/name``; return its (best, last) checkpoints."""
     from ultralytics import YOLO
@@ -592,7 +625,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     current model by `step_ratio` with ``yolo_prune.prune.prune``, save ``weights/pruned.pt`` at once (FP32), then
     fine-tune it for ``epochs`` with `PrunedDetectionTrainer` and measure it; with ``max_map_drop`` the schedule stops
     at the first step whose mAP50-95 falls more than that below the baseline, and the last step within the budget
-    becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; (4) write
+    becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; with ``int8=True``
+    quantize the baseline and the final model to INT8 OpenVINO models (`yolo_prune.quantize.measure_int8`) and add the
+    rows ``baseline+int8`` and ``final+int8``; (4) write
     ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
 
     Args:
@@ -762,6 +797,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         final = {**chosen["row"], "name": "final", "path": str(best_out), "from_step": chosen["row"]["step"]}
         rows += [s["row"] for s in steps] if args["steps"] > 1 else []
         rows.append(final)
+        if args["int8"]:
+            rows += _int8_rows(baseline.model, rows[0], best_out, final, args, measure_dir / "int8")
     except KeyboardInterrupt as e:
         trainer_last = run_dir / f"step{step}" / "weights" / "last.pt"
         if step and trainer_last.is_file() and (last_good is None or last_good.name == "pruned.pt"):
@@ -784,6 +821,14 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     if args["max_map_drop"] is not None:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")
+    if args["int8"]:
+        from .quantize import CALIBRATION_IMAGES
+
+        notes.append(
+            "+int8 rows: OpenVINO INT8 (NNCF post-training quantization through the Ultralytics exporter, calibrated "
+            f"on up to {CALIBRATION_IMAGES} train images), validated with the Ultralytics validator; size_mb is the "
+            "INT8 weights (.bin); params and GFLOPs are those of the FP32 model"
+        )
     files = write_report(rows, run_dir, title="yolo-prune prune", command=command, notes=notes)
     LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
     LOGGER.info(

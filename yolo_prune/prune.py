@@ -807,7 +807,8 @@ def prune(
             ``sensitivity`` on a CPU, a per-conv latency table of the backend predicts each candidate's latency
             (cached in ``latency_table``) and the final model is timed against the unpruned one in interleaved rounds
             (``prune_info["target"]["measured"]``, with its spread); otherwise each candidate is measured.
-        backend: Latency backend for ``target_latency`` and for ``round_to="auto"``: ``torch`` or ``onnx``.
+        backend: Latency backend for ``target_latency`` and for ``round_to="auto"``: ``torch``, ``onnx`` or
+            ``openvino`` (CPU; ``torch`` and ``onnx`` get a latency table, ``openvino`` measures each candidate).
         device: Device for latency measurement and gradient collection; None picks the first GPU when there is one,
             else the CPU (as Ultralytics does).
         imgsz: Image size for MACs, latency and gradient collection.

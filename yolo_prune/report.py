@@ -34,7 +34,7 @@ __all__ = [
     "write_report",
 ]
 
-_PACKAGES = ("torch", "ultralytics", "torch-pruning", "onnxruntime", "onnx", "onnxslim")
+_PACKAGES = ("torch", "ultralytics", "torch-pruning", "onnxruntime", "onnx", "onnxslim", "openvino", "nncf")
 
 
 def _num(x: Any) -> float | None:

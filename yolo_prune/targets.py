@@ -37,7 +37,7 @@ __all__ = [
 
 PREFIX = colorstr("yolo-prune: ")
 TARGET_KINDS = ("macs", "latency")
-LATENCY_BACKENDS = ("torch", "onnx")
+LATENCY_BACKENDS = ("torch", "onnx", "openvino")
 TOLERANCE = {"macs": 0.02, "latency": 0.05}  # stop once the achieved cost ratio is this close below the target
 
 
@@ -81,10 +81,15 @@ def check_target(value: float, name: str) -> float:
 
 
 def check_backend(backend: str) -> str:
-    """Return the latency backend name, or raise a one-line ``ValueError``."""
+    """Return the latency backend name, or raise a one-line ``ValueError`` (also when OpenVINO is not installed)."""
+    from .measure import resolve_backends
+
     key = str(backend).lower()
     if key not in LATENCY_BACKENDS:
         raise ValueError(f"unknown latency backend '{backend}': choose one of {', '.join(LATENCY_BACKENDS)}")
+    missing = resolve_backends([key])[1]  # the optional openvino package
+    if missing:
+        raise ValueError(missing[key])
     return key
 
 
@@ -105,7 +110,8 @@ def cost_meter(
             ``block`` is 1, else the conv MACs with channel counts padded up to ``block``
             (`yolo_prune.hardware.padded_macs`: the work a blocked CPU kernel executes).
         imgsz: Square input size.
-        backend: Latency backend: ``"torch"`` (eager, fused) or ``"onnx"`` (Ultralytics export, then ONNX Runtime).
+        backend: Latency backend: ``"torch"`` (eager, fused), ``"onnx"`` (Ultralytics export, then ONNX Runtime) or
+            ``"openvino"`` (Ultralytics export to OpenVINO IR, FP32, timed on the CPU).
         device: Latency device (``"cpu"``, ``"0"``, ``"cuda:0"``).
         runs: Timed runs per latency measurement.
         warmup: Untimed runs first.
@@ -115,7 +121,14 @@ def cost_meter(
     Returns:
         A callable ``module -> cost``; the module is never modified.
     """
-    from .measure import count_gflops, export_onnx, measure_onnx_latency, measure_torch_latency
+    from .measure import (
+        count_gflops,
+        export_onnx,
+        export_openvino,
+        measure_onnx_latency,
+        measure_openvino_latency,
+        measure_torch_latency,
+    )
 
     if kind == "macs":
         if block > 1:
@@ -130,6 +143,10 @@ def cost_meter(
     def latency(module: nn.Module) -> float:
         if backend == "torch":
             stats = measure_torch_latency(module, imgsz, device=device, warmup=warmup, runs=runs, threads=threads)
+        elif backend == "openvino":
+            with tempfile.TemporaryDirectory(prefix="yolo_prune_target_") as tmp:
+                folder = export_openvino(module, imgsz=imgsz, out_dir=Path(tmp), name="candidate")
+                stats = measure_openvino_latency(folder, imgsz, warmup=warmup, runs=runs, threads=threads)
         else:
             with tempfile.TemporaryDirectory(prefix="yolo_prune_target_") as tmp:
                 onnx = export_onnx(module, imgsz=imgsz, out_dir=Path(tmp), name="candidate")

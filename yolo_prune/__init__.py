@@ -18,7 +18,7 @@ from .quantize import export_int8, measure_int8
 from .sensitivity import run_sensitivity
 from .trainer import PrunedDetectionTrainer
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "IMPORTANCE_METHODS",

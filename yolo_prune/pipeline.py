@@ -213,7 +213,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         args[key] = str(args[key])
     given = [k for k in ("ratio", "target_macs", "target_latency") if not is_none(overrides.get(k))]
     if len(given) > 1:
-        raise ValueError(f"give one of ratio=, target_macs= and target_latency=, not {' and '.join(given)}")
+        raise ValueError(f"give one of ratio=, target_macs= and target_latency=, not both {given[0]}= and {given[1]}=")
     args["ratio"] = None if is_none(args["ratio"]) else check_ratio(args["ratio"])
     args["target_latency"] = (
         None if is_none(args["target_latency"]) else check_target(args["target_latency"], "target_latency")

@@ -570,8 +570,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     fine-tune it for ``epochs`` with the pruned trainer of its task (`PrunedDetectionTrainer`,
     `PrunedSegmentationTrainer`, `PrunedPoseTrainer`, `PrunedOBBTrainer`) and measure it; with ``max_map_drop`` the
     schedule stops at the first step whose mAP50-95 falls more than that below the baseline, and the last step within
-    the budget becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; (4) write
-    ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
+    the budget becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; (4)
+    write ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
 
     Args:
         command (str, optional): The command line, recorded in the report.

@@ -318,7 +318,7 @@ def validate(
 
     Args:
         model_or_ckpt (str | Path | YOLO | nn.Module): Model to validate.
-        data (str): Dataset yaml.
+        data (str): Dataset yaml, or a built-in name such as ``shapes-seg.yaml`` (see `yolo_prune.data.resolve_data`).
         imgsz (int): Validation image size.
         batch (int): Validation batch size.
         device (str): Ultralytics device string.
@@ -327,7 +327,10 @@ def validate(
     Returns:
         (dict): `{"map50_95": float, "map50": float}`, plus the task's keys.
     """
+    from .data import resolve_data
     from .tasks import TASKS
+
+    data = resolve_data(data)
 
     # the validator fuses the module it is given in place: hand it a fresh load or a copy
     yolo = load_yolo(model_or_ckpt if isinstance(model_or_ckpt, (str, Path)) else _unwrap(model_or_ckpt))

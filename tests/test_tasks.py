@@ -1,0 +1,265 @@
+"""Segment, pose and obb models: head rules, pruned trainers, task data, task metrics and stock reload/export."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from ultralytics import YOLO
+from ultralytics.nn.modules import Classify
+
+from yolo_prune import prune
+from yolo_prune.checkpoint import load_yolo
+from yolo_prune.cli import main
+from yolo_prune.data import resolve_data
+from yolo_prune.importance import get_importance
+from yolo_prune.measure import count_gflops
+from yolo_prune.pipeline import run_prune
+from yolo_prune.prune import _shapes, prune_detection_model
+from yolo_prune.task_data import KPT_SHAPE, TASK_CLASS_NAMES, TASK_DATASETS
+from yolo_prune.tasks import HEADS, TASKS, task_of, trainer_for
+from yolo_prune.trainer import PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+
+DATA = {"segment": "shapes-seg.yaml", "pose": "shapes-pose.yaml", "obb": "shapes-obb.yaml"}
+# Every family that ships segment/pose/obb yamls, at its smallest scale (yolov9c-seg is the only v9 task yaml).
+FAMILIES = [f"{f}-{t}.yaml" for f in ("yolov8n", "yolo11n", "yolo12n", "yolo26n") for t in ("seg", "pose", "obb")]
+FAMILIES.append("yolov9c-seg.yaml")
+QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
+TASK_KEYS = {"segment": ("map50_95_mask", "map50_mask"), "pose": ("map50_95_pose", "map50_pose"), "obb": ()}
+
+
+def output_convs(head: nn.Module) -> dict[str, int]:
+    """Output widths that pruning must keep: last conv of every output branch and the proto output."""
+    widths = {}
+    for name, module in head.named_modules():
+        last_of_branch = name.count(".") == 2 and name.startswith(("cv", "one2one_cv")) and name.endswith(".2")
+        tail = name.count(".") == 1 and name.split(".")[0].endswith(("_kpts", "_sigma"))
+        proto_out = name in ("proto.cv3.conv", "proto.semseg.2")
+        if isinstance(module, nn.Conv2d) and (last_of_branch or tail or proto_out):
+            widths[name] = module.out_channels
+    return widths
+
+
+def test_task_table_maps_heads_to_trainers_and_metrics():
+    """Catches: a task head missing from the table, or a task fine-tuned by the detection trainer."""
+    assert set(HEADS.values()) == set(TASKS) == {"detect", "segment", "pose", "obb"}
+    assert {h.__name__ for h in HEADS} >= {"Segment", "Segment26", "Pose", "Pose26", "OBB", "OBB26"}
+    assert trainer_for("segment") is PrunedSegmentationTrainer and trainer_for("obb") is PrunedOBBTrainer
+    pose = YOLO("yolo26n-pose.yaml")
+    assert task_of(pose) == task_of(pose.model) == "pose" and trainer_for(pose.model) is PrunedPoseTrainer
+    assert TASKS["segment"].metrics["map50_95_mask"] == ("seg", "map")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_prune_keeps_task_outputs_and_cuts_macs(name):
+    """Ratio 0.5: outputs keep their shapes in eval and train mode, the output convs (masks, keypoints, angle, proto)
+    keep their widths, the hidden convs of the extra branches shrink, and the MACs fall by at least 35 %.
+
+    Catches: a branch the tracing forward misses (Proto26.semseg, Pose26.cv4_sigma: a width mismatch later), an
+    output conv pruned (wrong output shapes), or the extra branches left at full width.
+    """
+    model = load_yolo(name, nc=3, kpt_shape=list(KPT_SHAPE)).model
+    if name == "yolov9c-seg.yaml":  # the one v9 task yaml has no scales: build it narrower, same blocks
+        from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
+
+        cfg = yaml_model_load(name)
+        cfg["width_multiple"] = 0.25
+        model = SegmentationModel(cfg, nc=3, verbose=False)
+    head = model.model[-1]
+    x = torch.zeros(1, 3, 64, 64)
+    before = {training: _shapes(model.train(training)(x)) for training in (False, True)}
+    fixed = output_convs(head)
+    hidden = head.cv4[0][0].conv.out_channels
+    macs = count_gflops(model, 128)
+
+    prune_detection_model(model, 0.5, get_importance("l2"))
+
+    with torch.no_grad():
+        assert {training: _shapes(model.train(training)(x)) for training in (False, True)} == before
+    assert output_convs(head) == fixed and fixed
+    assert head.cv4[0][0].conv.out_channels < hidden
+    if hasattr(head, "proto"):
+        assert head.proto.cv1.conv.out_channels < head.proto.cv3.conv.in_channels * 2 + 1  # proto trunk pruned too
+    cut = 1 - count_gflops(model, 128) / macs
+    assert cut >= 0.35, f"{name}: MACs cut {cut:.1%}"
+
+
+def test_task_datasets_load_in_ultralytics():
+    """Catches: labels Ultralytics drops (wrong column count, out-of-range points) or a pose yaml without
+    kpt_shape/flip_idx."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    for task, name in DATA.items():
+        assert name in TASK_DATASETS and TASK_DATASETS[name]["task"] == task
+        info = check_det_dataset(resolve_data(name))
+        assert list(info["names"].values()) == list(TASK_CLASS_NAMES)
+        n_rows = sum(len(f.read_text().splitlines()) for f in Path(info["path"]).glob("labels/val/*.txt"))
+        cfg = get_cfg(overrides={"imgsz": 128, "task": task, "mode": "val"})
+        dataset = build_yolo_dataset(cfg, info["val"], batch=4, data=info, mode="val", stride=32)
+        assert sum(len(label["cls"]) for label in dataset.labels) == n_rows > 0  # no row dropped
+        item = dataset[0]
+        if task == "segment":
+            assert item["masks"].sum() > 0
+        if task == "pose":
+            assert info["kpt_shape"] == [4, 3] and info["flip_idx"] == [0, 3, 2, 1]
+            assert item["keypoints"].shape[1:] == (4, 3)
+        if task == "obb":
+            assert item["bboxes"].shape[-1] == 5  # xywhr
+
+
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        ("yolo11n-cls.yaml", r"'classify' model; supported tasks: detect, segment, pose, obb"),
+        ("yoloe-11s-seg.yaml", r"head is YOLOESegment: supported tasks are detect \(Detect, v10Detect\), segment"),
+        ("classify-head", r"head is Classify: supported tasks are detect"),
+    ],
+)
+def test_unsupported_heads_are_refused_in_one_line(source, match):
+    """Catches: a classify model, a YOLOE head or an unknown head reaching the pruner (traceback or broken model)."""
+    if source == "classify-head":  # a segmentation model whose head was swapped for an unknown module
+        model = YOLO("yolo11n-seg.yaml").model
+        model.model[-1] = Classify(64, 3)
+        with pytest.raises(ValueError, match=match) as info:
+            prune_detection_model(model, 0.5, get_importance("l2"))
+    else:
+        with pytest.raises(ValueError, match=match) as info:
+            prune(source, ratio=0.5, verbose=False)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_refuses_a_classify_model_in_one_line(capsys):
+    """Catches: the CLI printing a traceback, or exiting 0, on a classify model."""
+    code = main(["prune", "model=yolo11n-cls.yaml", "data=shapes-seg.yaml", "project=unused"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "classify" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_pose_keypoints_must_match_the_dataset(tmp_path):
+    """A pose checkpoint with 17 keypoints cannot be fine-tuned on 4-keypoint data. Catches: the mismatch reaching
+    the trainer (a loss shape error deep in a run)."""
+    path = tmp_path / "pose17.pt"
+    load_yolo("yolov8n-pose.yaml", nc=3).save(path)
+    with pytest.raises(ValueError, match=r"kpt_shape=\[4, 3\] but the pose model has kpt_shape=\[17, 3\]") as info:
+        run_prune(model=str(path), data="shapes-pose.yaml", ratio=0.5, epochs=0, project=tmp_path, **QUICK)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# End to end: prune, fine-tune one epoch on the task data, report, then stock Ultralytics reloads, predicts, exports.
+
+E2E = {"segment": "yolo26n-seg.yaml", "pose": "yolo26n-pose.yaml", "obb": "yolo11n-obb.yaml"}
+
+
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One ``run_prune`` per task (yaml model, ratio 0.5, one epoch at imgsz 64): task -> run folder."""
+    project = tmp_path_factory.mktemp("task-runs")
+    return {
+        task: run_prune(model=model, data=DATA[task], ratio=0.5, epochs=1, project=project, name=task, **QUICK)
+        for task, model in E2E.items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(E2E))
+def test_prune_and_fine_tune_each_task(task_runs, task):
+    """The pipeline prunes, fine-tunes with the task's pruned trainer and reports box and task mAP.
+
+    Catches: the stock task trainer rebuilding the unpruned model from yaml, a task trainer refusing the model, or
+    the task metrics missing from the report.
+    """
+    run = task_runs[task]
+    rows = {row["name"]: row for row in json.loads((run / "report.json").read_text())["rows"]}
+    for row in rows.values():
+        for key in ("map50_95", "map50", *TASK_KEYS[task]):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["name"], key)
+    assert rows["final"]["params"] < 0.5 * rows["baseline"]["params"]
+    assert rows["final"]["gflops"] < 0.65 * rows["baseline"]["gflops"]
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert all(key in header for key in TASK_KEYS[task])
+    best = YOLO(run / "weights" / "best.pt")
+    assert best.task == task and sum(p.numel() for p in best.model.parameters()) == rows["final"]["params"]
+
+
+@pytest.mark.slow
+def test_bench_reports_task_metrics(task_runs, tmp_path, capsys):
+    """``yolo-prune bench`` on segment checkpoints prints and writes the mask mAP next to the box mAP."""
+    run = task_runs["segment"]
+    models = f"{run / 'weights' / 'pruned.pt'},{run / 'weights' / 'best.pt'}"
+    code = main(
+        ["bench", f"models={models}", "data=shapes-seg.yaml", "imgsz=64", "backends=torch", "runs=2"]
+        + ["warmup=1", f"project={tmp_path}"]
+    )
+    assert code == 0, capsys.readouterr().err[-2000:]
+    report = json.loads((tmp_path / "exp" / "report.json").read_text())
+    assert all(math.isfinite(row["map50_95_mask"]) for row in report["rows"])
+    assert "mask mAP50-95" in (tmp_path / "exp" / "report.md").read_text()
+
+
+STOCK_TASKS_CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockYoloPrune(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "yolo_prune":
+                raise ImportError("yolo_prune must not be needed to use a pruned checkpoint")
+            return None
+
+    sys.meta_path.insert(0, BlockYoloPrune())
+    import numpy as np
+    import onnxruntime as ort
+    from ultralytics import YOLO
+
+    out = {}
+    for path in sys.argv[1:]:
+        yolo = YOLO(path)
+        params = sum(p.numel() for p in yolo.model.parameters())
+        image = np.full((64, 64, 3), 114, dtype=np.uint8)
+        results = yolo.predict(image, imgsz=64, device="cpu", verbose=False)
+        onnx_file = yolo.export(format="onnx", imgsz=64, device="cpu", simplify=False)
+        session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), dtype=np.float32)})
+        out[yolo.task] = {"params": params, "n_results": len(results), "shapes": [list(o.shape) for o in outputs]}
+    assert "yolo_prune" not in sys.modules
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_fine_tuned_task_models_work_in_stock_ultralytics(task_runs, tmp_path):
+    """best.pt of each task loads, predicts and exports to ONNX in a process that cannot import yolo_prune.
+
+    Catches: a custom class left in the checkpoint, stale head attributes (mask/keypoint/angle widths) that break
+    prediction or export.
+    """
+    paths = [task_runs[task] / "weights" / "best.pt" for task in E2E]
+    script = tmp_path / "stock_tasks_child.py"
+    script.write_text(STOCK_TASKS_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *map(str, paths)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert set(result) == set(E2E)
+    for task, path in zip(E2E, paths, strict=True):
+        assert result[task]["params"] == sum(p.numel() for p in YOLO(path).model.parameters())
+        assert result[task]["n_results"] == 1
+    nc, anchors = len(TASK_CLASS_NAMES), 8 * 8 + 4 * 4 + 2 * 2  # raw one-to-many outputs at 64 px (strides 8-32)
+    extra = {"segment": 32, "pose": KPT_SHAPE[0] * KPT_SHAPE[1], "obb": 1}  # masks, keypoints, angle
+    for task, n in extra.items():
+        assert result[task]["shapes"][0] == [1, 4 + nc + n, anchors], task
+    assert result["segment"]["shapes"][1] == [1, 32, 16, 16]  # the prototype masks keep their number

@@ -1,4 +1,4 @@
-"""yolo-prune: structured channel pruning for Ultralytics YOLO detectors.
+"""yolo-prune: structured channel pruning for Ultralytics YOLO detect, segment, pose and obb models.
 
 Examples:
     >>> from yolo_prune import prune, save_checkpoint
@@ -14,7 +14,8 @@ from .checkpoint import load_yolo, save_checkpoint
 from .importance import IMPORTANCE_METHODS, get_importance
 from .prune import PruneStats, prune, prune_detection_model
 from .sensitivity import run_sensitivity
-from .trainer import PrunedDetectionTrainer
+from .tasks import TASKS, task_of, trainer_for
+from .trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 
 __version__ = "0.2.0"
 
@@ -23,6 +24,10 @@ __all__ = [
     "PruneCallback",
     "PruneStats",
     "PrunedDetectionTrainer",
+    "PrunedOBBTrainer",
+    "PrunedPoseTrainer",
+    "PrunedSegmentationTrainer",
+    "TASKS",
     "allocate",
     "curves_from_sensitivity",
     "get_importance",
@@ -31,4 +36,6 @@ __all__ = [
     "prune_detection_model",
     "run_sensitivity",
     "save_checkpoint",
+    "task_of",
+    "trainer_for",
 ]

@@ -33,6 +33,7 @@ DATA = {"segment": "shapes-seg.yaml", "pose": "shapes-pose.yaml", "obb": "shapes
 FAMILIES = [f"{f}-{t}.yaml" for f in ("yolov8n", "yolo11n", "yolo12n", "yolo26n") for t in ("seg", "pose", "obb")]
 FAMILIES.append("yolov9c-seg.yaml")
 QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
+QUICK_TRAIN = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "device": "cpu", "val": False}
 TASK_KEYS = {"segment": ("map50_95_mask", "map50_mask"), "pose": ("map50_95_pose", "map50_pose"), "obb": ()}
 
 
@@ -263,3 +264,23 @@ def test_fine_tuned_task_models_work_in_stock_ultralytics(task_runs, tmp_path):
     for task, n in extra.items():
         assert result[task]["shapes"][0] == [1, 4 + nc + n, anchors], task
     assert result["segment"]["shapes"][1] == [1, 32, 16, 16]  # the prototype masks keep their number
+
+
+@pytest.mark.slow
+def test_prune_callback_prunes_a_pose_model_during_training(tmp_path):
+    """PruneCallback (progressive pruning + group-lasso sparsity) on a YOLO26 pose model inside ``model.train()``.
+
+    Catches: the callbacks tracing only detection heads (Pose26's sigma branch and flow model), or a pruned model that
+    the pose loss or validator cannot run.
+    """
+    from yolo_prune.callbacks import PruneCallback
+
+    path = tmp_path / "pose.pt"
+    load_yolo("yolo26n-pose.yaml", nc=3, kpt_shape=list(KPT_SHAPE)).save(path)
+    yolo = YOLO(path)
+    before = sum(p.numel() for p in yolo.model.parameters())
+    PruneCallback(ratio=0.5, steps=1, sparsity=1e-4, sparse="group").attach(yolo)
+    yolo.train(data=resolve_data(DATA["pose"]), epochs=1, project=str(tmp_path), name="cb", **QUICK_TRAIN)
+    last = YOLO(Path(yolo.trainer.last))
+    assert last.task == "pose" and sum(p.numel() for p in last.model.parameters()) < 0.6 * before
+    assert list(last.model.model[-1].kpt_shape) == list(KPT_SHAPE)

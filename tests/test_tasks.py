@@ -285,3 +285,23 @@ def test_prune_callback_prunes_a_pose_model_during_training(tmp_path):
     last = YOLO(Path(yolo.trainer.last))
     assert last.task == "pose" and sum(p.numel() for p in last.model.parameters()) < 0.6 * before
     assert list(last.model.model[-1].kpt_shape) == list(KPT_SHAPE)
+
+
+@pytest.mark.parametrize("name, method", [("yolo26n-seg.yaml", "hessian"), ("yolo26n-pose.yaml", "taylor")])
+def test_gradient_criteria_use_the_task_loss(name, method):
+    """Taylor and Hessian scores come from the task's own loss on the task data (masks, keypoints, YOLO26's semantic
+    masks and keypoint sigmas). Catches: calibration batches without the task's labels (KeyError in the loss) or a
+    Pose26 head run without its training-only sigma branch."""
+    from yolo_prune.importance import collect_gradients
+
+    model = load_yolo(name, nc=3, kpt_shape=list(KPT_SHAPE)).model
+    task = task_of(model)
+    modes = [m.training for m in model.eval().modules()]
+    grads = collect_gradients(model, DATA[task], method, batches=1, batch=2, imgsz=64)
+    assert [m.training for m in model.modules()] == modes  # the head's temporary training flag is undone
+    assert grads["model.0.conv.weight"].abs().sum() > 0  # the loss reaches the stem
+    if task == "pose":
+        assert grads[f"model.{len(model.model) - 1}.cv4_sigma.0.weight"].abs().sum() > 0  # sigma branch in the loss
+    before = sum(p.numel() for p in model.parameters())
+    stats = prune_detection_model(model, 0.5, get_importance(method), gradients=grads)
+    assert stats.params_after < 0.6 * before

@@ -305,3 +305,20 @@ def test_gradient_criteria_use_the_task_loss(name, method):
     before = sum(p.numel() for p in model.parameters())
     stats = prune_detection_model(model, 0.5, get_importance(method), gradients=grads)
     assert stats.params_after < 0.6 * before
+
+
+def test_task_data_is_deterministic(tmp_path):
+    """Same arguments, same bytes; an unknown task is refused. Catches: unseeded randomness in the generator."""
+    import hashlib
+
+    from yolo_prune.task_data import make_task_dataset
+
+    def digest(root: Path) -> dict[str, str]:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml")  # data.yaml holds its path
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    first = make_task_dataset(tmp_path / "a", "obb", n_train=3, n_val=2, imgsz=96, seed=5).parent
+    second = make_task_dataset(tmp_path / "b", "obb", n_train=3, n_val=2, imgsz=96, seed=5).parent
+    assert digest(first) == digest(second) and len(digest(first)) == 2 * 5 + 1
+    with pytest.raises(ValueError, match="unknown task 'classify'"):
+        make_task_dataset(tmp_path / "c", "classify")

@@ -58,11 +58,11 @@ def _state_dict(path: Path) -> Path:
         (lambda d: _text_file(d / "notes.pt"), r"not an Ultralytics YOLO checkpoint"),
         (lambda d: _state_dict(d / "state_dict.pt"), r"holds no YOLO model module \(a plain state_dict\?\)"),
         (lambda d: "yolo_no_such_model99n.yaml", r"unknown model yaml 'yolo_no_such_model99n.yaml'"),
-        (lambda d: "yolo11n-seg.yaml", r"'segment' model; only detection models"),
+        (lambda d: "yolo11n-cls.yaml", r"'classify' model; supported tasks: detect, segment, pose, obb"),
         (lambda d: d / "model.onnx", r"unsupported model .*'\.pt' checkpoint or a model yaml"),
         (lambda d: 42, r"cannot load a model from a int"),
     ],
-    ids=["missing", "random-bytes", "text", "state-dict", "unknown-yaml", "segment-task", "onnx", "int"],
+    ids=["missing", "random-bytes", "text", "state-dict", "unknown-yaml", "classify-task", "onnx", "int"],
 )
 def test_load_yolo_rejects_bad_input_with_one_line_value_error(tmp_path, make, match):
     source = make(tmp_path)

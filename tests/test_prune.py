@@ -219,7 +219,7 @@ def test_bad_inputs(tmp_path):
         ({"model": str(ckpt), "ratio": -0.1}, "ratio"),
         ({"model": str(ckpt), "method": "magic"}, "l2"),
         ({"model": "rtdetr-l.yaml"}, "detect"),
-        ({"model": "yolov8n-seg.yaml"}, "detect"),
+        ({"model": "yolov8n-cls.yaml"}, "classify"),
     ]
     for kwargs, needle in cases:
         with pytest.raises(ValueError) as info:

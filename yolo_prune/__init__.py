@@ -1,4 +1,4 @@
-"""yolo-prune: structured channel pruning for Ultralytics YOLO detectors.
+"""yolo-prune: structured channel pruning for Ultralytics YOLO detect, segment, pose and obb models.
 
 Examples:
     >>> from yolo_prune import prune, save_checkpoint
@@ -16,7 +16,8 @@ from .importance import IMPORTANCE_METHODS, get_importance
 from .prune import PruneStats, prune, prune_detection_model
 from .quantize import export_int8, measure_int8
 from .sensitivity import run_sensitivity
-from .trainer import PrunedDetectionTrainer
+from .tasks import TASKS, task_of, trainer_for
+from .trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 
 __version__ = "0.3.0"
 
@@ -25,6 +26,10 @@ __all__ = [
     "PruneCallback",
     "PruneStats",
     "PrunedDetectionTrainer",
+    "PrunedOBBTrainer",
+    "PrunedPoseTrainer",
+    "PrunedSegmentationTrainer",
+    "TASKS",
     "allocate",
     "curves_from_sensitivity",
     "export_int8",
@@ -35,4 +40,6 @@ __all__ = [
     "prune_detection_model",
     "run_sensitivity",
     "save_checkpoint",
+    "task_of",
+    "trainer_for",
 ]

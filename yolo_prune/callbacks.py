@@ -207,7 +207,8 @@ class PruneCallback:
 
         Raises:
             RuntimeError: Pruning under DDP (``world_size > 1`` or a DDP worker), ``compile``, QAT or distillation, or
-                resuming a pruned run without ``PrunedDetectionTrainer``.
+                resuming a pruned run without the pruned trainer of its task (``PrunedDetectionTrainer``,
+                ``PrunedSegmentationTrainer``, ...).
             ValueError: A pruning step scheduled at or after the run's last epoch.
         """
         if self.ratio == 0:
@@ -242,9 +243,11 @@ class PruneCallback:
         if trainer.resume and not isinstance(trainer, PrunedDetectionTrainer):
             model, _ = load_checkpoint(trainer.args.model)
             if getattr(model, PROGRESS_ATTR, {}).get("steps", 0):
+                from .tasks import trainer_for
+
                 raise RuntimeError(
                     f"'{trainer.args.model}' was pruned by PruneCallback; the stock trainer would rebuild it from "
-                    "yaml. Resume with model.train(resume=True, trainer=PrunedDetectionTrainer)"
+                    f"yaml. Resume with model.train(resume=True, trainer={trainer_for(model).__name__})"
                 )
 
     # ------------------------------------------------------------------------------------------------------------

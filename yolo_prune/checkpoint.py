@@ -1,4 +1,4 @@
-"""Load YOLO detectors and save pruned ones as plain Ultralytics checkpoints.
+"""Load YOLO models (detect, segment, pose, obb) and save pruned ones as plain Ultralytics checkpoints.
 
 A pruned checkpoint written by `save_checkpoint` has the same layout as one written by `YOLO.save()`: a dict whose
 ``"model"`` entry is the whole pickled module. It refers only to classes of ``torch``, ``ultralytics``, ``numpy`` and
@@ -29,7 +29,7 @@ import torch
 from ultralytics import YOLO, __version__
 from ultralytics.engine.model import Model
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import DetectionModel, guess_model_task
+from ultralytics.nn.tasks import DetectionModel, PoseModel, guess_model_task
 from ultralytics.utils import DEFAULT_CFG_KEYS, LOGGER, SETTINGS, colorstr
 from ultralytics.utils.torch_utils import qat_state, strip_qat
 
@@ -38,7 +38,7 @@ from .compat import migrate_layouts
 __all__ = ["check_runs", "load_yolo", "save_checkpoint"]
 
 PREFIX = colorstr("yolo-prune: ")
-SUPPORTED_TASKS = ("detect",)
+SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")  # the tasks of yolo_prune.tasks.TASKS
 EXPECTED_PT = "expected a .pt from YOLO.save(), training (best.pt/last.pt) or yolo_prune.save_checkpoint"
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # first record of a legacy (non-zip) torch.save file
@@ -57,8 +57,13 @@ RESERVED_KEYS = frozenset(
 SOURCE_RUN_KEYS = frozenset({"train_metrics", "train_results", "stopper"})
 
 
-def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = None) -> YOLO:
-    """Return an Ultralytics ``YOLO`` detector from a YOLO object, a local ``.pt`` checkpoint or a model yaml.
+def load_yolo(
+    model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = None, kpt_shape: list[int] | None = None
+) -> YOLO:
+    """Return an Ultralytics ``YOLO`` model from a YOLO object, a local ``.pt`` checkpoint or a model yaml.
+
+    Detect, segment, pose and obb models are accepted (``SUPPORTED_TASKS``); a classify model or another task is
+    refused in one line.
 
     This is the package's one checkpoint reader. A ``YOLO`` object is returned as is (the pruner works on a deep copy,
     so the caller's object is never changed). A bare detection module is loaded back through a temporary FP32
@@ -73,13 +78,15 @@ def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = No
             or an Ultralytics detection module.
         nc (int, optional): For a model yaml, build the head with this many classes (as ``yolo train
             model=x.yaml data=...`` does); checkpoints and objects keep their own head.
+        kpt_shape (list[int], optional): For a pose model yaml, build the head with these keypoints (the dataset's
+            ``kpt_shape``, as ``yolo train`` does).
 
     Returns:
-        (YOLO): The loaded detection model.
+        (YOLO): The loaded model.
 
     Raises:
         ValueError: If the file is missing, is not a YOLO checkpoint, the yaml is unknown, the input type is not
-            supported, or the model is not a detection model.
+            supported, or the model's task is not one of ``SUPPORTED_TASKS``.
 
     Examples:
         >>> yolo = load_yolo("yolov5nu.yaml")
@@ -94,7 +101,7 @@ def load_yolo(model: YOLO | str | Path | torch.nn.Module, *, nc: int | None = No
     name = str(model).strip()
     suffix = Path(name).suffix.lower()
     if suffix in {".yaml", ".yml"}:
-        return _check_detector(_yolo_from_yaml(name, nc), f"'{name}'")
+        return _check_detector(_yolo_from_yaml(name, nc, kpt_shape), f"'{name}'")
     if suffix == ".pt":
         return check_runs(_check_detector(_yolo_from_checkpoint(name), f"'{name}'"), f"'{name}'")
     raise ValueError(f"unsupported model '{name}': {ACCEPTED}")
@@ -181,14 +188,20 @@ def save_checkpoint(model: YOLO | torch.nn.Module, path: str | Path, /, **extra:
     return path
 
 
-def _yolo_from_yaml(name: str, nc: int | None = None) -> YOLO:
-    """Build a randomly initialised YOLO from a yaml name or path (with ``nc`` classes when given), turning build
-    failures into ValueErrors."""
+def _yolo_from_yaml(name: str, nc: int | None = None, kpt_shape: list[int] | None = None) -> YOLO:
+    """Build a randomly initialised YOLO from a yaml name or path (with ``nc`` classes and, for a pose model,
+    ``kpt_shape`` keypoints when given), turning build failures into ValueErrors."""
     try:
         yolo = YOLO(name)
-        if nc is not None and isinstance(yolo.model, DetectionModel) and int(yolo.model.model[-1].nc) != int(nc):
-            old = yolo.model
-            yolo.model = type(old)(old.yaml, nc=int(nc), verbose=False)
+        old = yolo.model
+        head = old.model[-1] if isinstance(old, DetectionModel) else None
+        kwargs = {}
+        if nc is not None and head is not None and int(head.nc) != int(nc):
+            kwargs["nc"] = int(nc)
+        if kpt_shape is not None and isinstance(old, PoseModel) and list(head.kpt_shape) != list(kpt_shape):
+            kwargs["data_kpt_shape"] = tuple(kpt_shape)
+        if kwargs:
+            yolo.model = type(old)(old.yaml, verbose=False, **{"nc": int(head.nc), **kwargs})
             yolo.model.args, yolo.model.task = old.args, getattr(old, "task", yolo.task)
         return yolo
     except FileNotFoundError as e:
@@ -197,7 +210,7 @@ def _yolo_from_yaml(name: str, nc: int | None = None) -> YOLO:
         ) from e
     except NotImplementedError as e:  # e.g. rtdetr-l.yaml: the YOLO class has no such task
         raise ValueError(
-            f"'{name}' is not a YOLO detection model yaml; only detection models (task 'detect') are supported"
+            f"'{name}' is not a YOLO detection model yaml; supported tasks: {', '.join(SUPPORTED_TASKS)}"
         ) from e
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise ValueError(f"'{name}' is not a YOLO model yaml ({type(e).__name__}: {e}); {ACCEPTED}") from e
@@ -349,13 +362,13 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
 
 
 def _check_detector(yolo: YOLO, what: str) -> YOLO:
-    """Return ``yolo`` if it wraps a PyTorch detection model, else raise a ValueError naming the problem."""
+    """Return ``yolo`` if it wraps a PyTorch model of a supported task, else raise a ValueError naming the problem."""
     module = yolo.model
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"{what} is not a PyTorch model (exported formats cannot be pruned); {ACCEPTED}")
     task = yolo.task or guess_model_task(module)
     if task not in SUPPORTED_TASKS:
-        raise ValueError(f"{what} is a '{task}' model; only detection models (task 'detect') are supported for now")
+        raise ValueError(f"{what} is a '{task}' model; supported tasks: {', '.join(SUPPORTED_TASKS)}")
     head = module.model[-1] if isinstance(getattr(module, "model", None), torch.nn.Sequential) else None
     if not isinstance(module, DetectionModel) or not isinstance(head, Detect):
         raise ValueError(f"{what} is not a YOLO detection model (no Detect head); {ACCEPTED}")

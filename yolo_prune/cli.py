@@ -229,10 +229,12 @@ def usage(command: str | None = None) -> str:
     if command in sections:
         return f"{PROG} {command}: {sections[command]}"
     head = (
-        f"{PROG} {__version__}: structured channel pruning for Ultralytics YOLO detectors.\n\n"
+        f"{PROG} {__version__}: structured channel pruning for Ultralytics YOLO models (detect, segment, pose, obb)."
+        "\n\n"
         f"usage: {PROG} <command> key=value ...\n"
         f"commands: {', '.join(sections)}\n"
-        "Arguments are key=value like the 'yolo' command. Built-in datasets: data=shapes.yaml, data=shapes-tiny.yaml.\n"
+        "Arguments are key=value like the 'yolo' command. Built-in datasets: data=shapes.yaml, data=shapes-tiny.yaml;\n"
+        "for segment, pose and obb models data=shapes-seg.yaml, shapes-pose.yaml, shapes-obb.yaml.\n"
         f"Errors: one line on stderr, exit 2 (bad input) or 1 (failure); {DEBUG_ENV}=1 shows tracebacks.\n"
     )
     return head + "\n" + "\n\n".join(f"{PROG} {name}: {text}" for name, text in sections.items()) + "\n"

@@ -351,7 +351,9 @@ def dataset_cache_dir() -> Path:
 def resolve_data(data: str) -> str:
     """Map a built-in dataset name to a generated data yaml; return any other value unchanged.
 
-    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``), matched exactly.
+    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``) and of
+    ``yolo_prune.task_data.TASK_DATASETS`` (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``, ``"shapes-obb.yaml"``),
+    matched exactly.
     The dataset is generated on first use into ``dataset_cache_dir() / "<name>-g<version>-<hash of parameters>"``
     and reused afterwards; a new generator version or new parameters give a new folder.
 
@@ -366,18 +368,22 @@ def resolve_data(data: str) -> str:
         >>> resolve_data("VOC.yaml")
         'VOC.yaml'
     """
-    if not isinstance(data, str) or data not in BUILTIN_DATASETS:
+    from .task_data import TASK_DATASETS, TASK_GENERATOR_VERSION, make_task_dataset
+
+    if not isinstance(data, str) or data not in {**BUILTIN_DATASETS, **TASK_DATASETS}:
         return data
-    params = BUILTIN_DATASETS[data]
+    params = BUILTIN_DATASETS.get(data) or TASK_DATASETS[data]
+    builtin = data in BUILTIN_DATASETS
+    make, version = (make_shapes_dataset, GENERATOR_VERSION) if builtin else (make_task_dataset, TASK_GENERATOR_VERSION)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    root = dataset_cache_dir() / f"{Path(data).stem}-g{GENERATOR_VERSION}-{digest}"
+    root = dataset_cache_dir() / f"{Path(data).stem}-g{version}-{digest}"
     yaml_path = root / DATA_YAML
     if not yaml_path.is_file():
         from ultralytics.utils import LOGGER, colorstr
 
         LOGGER.info(f"{colorstr('yolo-prune: ')}generating built-in dataset {data} into {root}")
         try:
-            make_shapes_dataset(root, **params)
+            make(root, **params)
         except FileExistsError:
             if not yaml_path.is_file():  # someone else's folder, not a finished dataset
                 raise

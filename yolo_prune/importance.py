@@ -96,14 +96,16 @@ def _calibration_batches(
     from .data import resolve_data
 
     info = check_det_dataset(resolve_data(data))
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "data": str(data), "task": "detect"})
+    task = getattr(model, "task", None) or "detect"  # segment/pose/obb datasets also load masks, keypoints, angles
+    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "data": str(data), "task": task})
     stride = int(max(getattr(model, "stride", torch.tensor([32])).tolist()))
     dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="calib", rect=False, stride=stride, fraction=1.0)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False, device=device)
     for item in itertools.islice(loader, min(batches, len(loader))):
         item["img"] = item["img"].to(device).float() / 255
-        for k in ("batch_idx", "cls", "bboxes"):
-            item[k] = item[k].to(device)
+        for k in ("batch_idx", "cls", "bboxes", "masks", "sem_masks", "keypoints"):
+            if k in item:
+                item[k] = item[k].to(device)
         yield item
 
 
@@ -111,12 +113,18 @@ def _single_images(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Split a collated batch into one-image batches (the Hessian needs per-sample gradients)."""
     for i in range(item["img"].shape[0]):
         keep = item["batch_idx"] == i
-        yield {
+        sample = {
             "img": item["img"][i : i + 1],
             "batch_idx": torch.zeros_like(item["batch_idx"][keep]),
             "cls": item["cls"][keep],
             "bboxes": item["bboxes"][keep],
         }
+        if "keypoints" in item:  # pose: one row per instance
+            sample["keypoints"] = item["keypoints"][keep]
+        for key in ("masks", "sem_masks"):  # segment (overlap_mask, the default) and YOLO26 semantic: one per image
+            if key in item:
+                sample[key] = item[key][i : i + 1]
+        yield sample
 
 
 def collect_gradients(
@@ -171,6 +179,13 @@ def collect_gradients(
     count = 0
     try:
         model.to(dev).eval()
+        if (getattr(model, "task", None) or "detect") != "detect":
+            # the raw training outputs of task heads (Pose26 sigmas, Proto26 semantic logits) feed their loss; only
+            # the head's and proto's own flags change, so every BatchNorm stays in eval mode
+            head = model.model[-1]
+            for module in (head, getattr(head, "proto", None)):
+                if module is not None:
+                    module.training = True
         model.args = get_cfg()  # the criterion reads box/cls/dfl gains (and epochs for end-to-end heads) from here
         model.criterion = None
         for p in params.values():

@@ -453,19 +453,28 @@ def measure_onnx_latency(
 def validate(
     model_or_ckpt: Any, data: str, imgsz: int = 640, batch: int = 16, device: str = "cpu", **kwargs: Any
 ) -> dict:
-    """Run the Ultralytics validator and return box mAP.
+    """Run the Ultralytics validator (the model's task's own) and return its mAP.
+
+    ``map50_95`` and ``map50`` are always the box mAP, the main metric of every report and of ``max_map_drop`` (for
+    an obb model the rotated-box mAP). A segment model adds ``map50_95_mask``/``map50_mask``, a pose model
+    ``map50_95_pose``/``map50_pose`` (see ``yolo_prune.tasks.TASKS``).
 
     Args:
         model_or_ckpt (str | Path | YOLO | nn.Module): Model to validate.
-        data (str): Dataset yaml.
+        data (str): Dataset yaml, or a built-in name such as ``shapes-seg.yaml`` (see `yolo_prune.data.resolve_data`).
         imgsz (int): Validation image size.
         batch (int): Validation batch size.
         device (str): Ultralytics device string.
         **kwargs (Any): Extra `YOLO.val` arguments (e.g. `project`, `name`, `half`).
 
     Returns:
-        (dict): `{"map50_95": float, "map50": float}`.
+        (dict): `{"map50_95": float, "map50": float}`, plus the task's keys.
     """
+    from .data import resolve_data
+    from .tasks import TASKS
+
+    data = resolve_data(data)
+
     # the validator fuses the module it is given in place: hand it a fresh load or a copy
     yolo = load_yolo(model_or_ckpt if isinstance(model_or_ckpt, (str, Path)) else _unwrap(model_or_ckpt))
     args = {"plots": False, "verbose": False, **kwargs}
@@ -474,7 +483,11 @@ def validate(
         metrics = yolo.val(data=str(data), imgsz=imgsz, batch=batch, device=device, **args)
     finally:
         torch.set_num_threads(previous)  # the validator's select_device changes it process-wide
-    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+    result = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+    task = TASKS.get(getattr(yolo, "task", None) or "detect")
+    for key, (group, name) in (task.metrics if task else {}).items():
+        result[key] = float(getattr(getattr(metrics, group), name))
+    return result
 
 
 def _is_gpu(device: Any) -> bool:
@@ -534,8 +547,10 @@ def new_row(name: str, path: str | None = None, **extra: Any) -> dict:
         **extra (Any): Additional keys (e.g. `imgsz`, `stage`).
 
     Returns:
-        (dict): Keys `name`, `path`, `params`, `gflops`, `size_mb`, `map50_95`, `map50`, `latency_ms`
-            ({backend: median ms}), `latency_detail` ({backend: stats dict}), `errors` ({backend_or_stage: message}).
+        (dict): Keys `name`, `path`, `params`, `gflops`, `size_mb`, `map50_95`, `map50` (box mAP, also for
+            segment/pose/obb models), `latency_ms` ({backend: median ms}), `latency_detail` ({backend: stats dict}),
+            `errors` ({backend_or_stage: message}). `validate` adds the task's own mAP keys (`map50_95_mask`,
+            `map50_mask`, `map50_95_pose`, `map50_pose`) to the rows of segment and pose models.
     """
     row = {
         "name": name,

@@ -126,13 +126,13 @@ class PruneInterrupted(KeyboardInterrupt):
         last_good (Path | None): The most recent complete checkpoint written by the run (None before the first).
     """
 
-    def __init__(self, run_dir: Path, last_good: Path | None):
-        """Store where the interrupted run was and what it left."""
+    def __init__(self, run_dir: Path, last_good: Path | None, trainer: str = "PrunedDetectionTrainer"):
+        """Store where the interrupted run was and what it left (``trainer``: the pruned trainer of its task)."""
         super().__init__(f"interrupted; last good model: {last_good or 'none yet'}")
         self.run_dir = run_dir
         self.last_good = last_good
         self.resume_hint = (
-            f"resume the fine-tune with: YOLO('{last_good}').train(resume=True, trainer=PrunedDetectionTrainer)"
+            f"resume the fine-tune with: YOLO('{last_good}').train(resume=True, trainer={trainer})"
             if last_good is not None and last_good.name == "last.pt" and last_good.parents[2] == run_dir
             else None
         )
@@ -358,19 +358,20 @@ def budget_exceeded(baseline_map: float | None, map50_95: float | None, max_map_
     return baseline_map - map50_95 > max_map_drop + 1e-12
 
 
-def check_dataset_matches(data: str, nc: int | None) -> dict:
+def check_dataset_matches(data: str, nc: int | None, kpt_shape: list[int] | None = None) -> dict:
     """Load the dataset description and check that it has ``nc`` classes, before anything slow starts.
 
     Args:
         data (str): Dataset yaml (already resolved).
         nc (int | None): Number of classes of the model's head; None only loads and checks the dataset.
+        kpt_shape (list[int], optional): Keypoints of a pose model's head; the dataset must have the same.
 
     Returns:
         (dict): The dataset description from ``check_det_dataset``.
 
     Raises:
         FileNotFoundError: If the dataset yaml or its images are missing.
-        ValueError: If the class counts differ or the yaml is not a detection dataset.
+        ValueError: If the class counts or keypoints differ or the yaml is not a detection dataset.
     """
     from ultralytics.data.utils import check_det_dataset
 
@@ -387,6 +388,11 @@ def check_dataset_matches(data: str, nc: int | None) -> dict:
         raise ValueError(
             f"dataset '{data}' has {info['nc']} classes but the model has {nc}: a pruned model keeps its head, so "
             "fine-tune it on data with the same classes"
+        )
+    if kpt_shape is not None and list(info.get("kpt_shape") or []) != list(kpt_shape):
+        raise ValueError(
+            f"dataset '{data}' has kpt_shape={info.get('kpt_shape')} but the pose model has kpt_shape="
+            f"{list(kpt_shape)}: fine-tune it on keypoint data of the same shape"
         )
     return info
 
@@ -424,7 +430,7 @@ def _load_baseline(model: str, data: str) -> Any:
     if Path(model).suffix.lower() not in {".yaml", ".yml"}:
         return load_yolo(model)  # a checkpoint keeps its head: check_dataset_matches refuses other class counts
     info = check_dataset_matches(data, None)
-    yolo = load_yolo(model, nc=int(info["nc"]))
+    yolo = load_yolo(model, nc=int(info["nc"]), kpt_shape=info.get("kpt_shape"))  # a pose head takes the keypoints
     yolo.model.names = dict(info["names"])
     return yolo
 
@@ -502,11 +508,12 @@ def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dic
 
 
 def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, epochs: int) -> tuple[Path, Path]:
-    """Run ``yolo.train`` with `PrunedDetectionTrainer` into ``run_dir/name``; return its (best, last) checkpoints."""
-    from .trainer import PrunedDetectionTrainer
+    """Run ``yolo.train`` with the pruned trainer of the model's task (`PrunedDetectionTrainer`,
+    `PrunedSegmentationTrainer`, ...) into ``run_dir/name``; return its (best, last) checkpoints."""
+    from .tasks import trainer_for
 
     yolo.train(
-        trainer=PrunedDetectionTrainer,
+        trainer=trainer_for(yolo.model),
         data=args["data"],
         epochs=epochs,
         imgsz=args["imgsz"],
@@ -604,6 +611,8 @@ def resolve_teacher(args: dict, student: Any) -> str:
         teacher = load_yolo(path)
     except ValueError as e:
         raise ValueError(f"cannot use distillation teacher '{path}': {e}") from None
+    if teacher.task != student.task:
+        raise ValueError(f"distillation teacher '{path}' is a '{teacher.task}' model but the model is '{student.task}'")
     head, own = teacher.model.model[-1], student.model.model[-1]
     if getattr(head, "nc", None) != own.nc:
         raise ValueError(
@@ -623,11 +632,12 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     Arguments are those of `PRUNE_DEFAULTS` plus any Ultralytics training argument (see `parse_prune_args`). The
     steps: (1) measure the baseline (mAP50-95, mAP50, params, GFLOPs, size, latency); (2) for each step, prune the
     current model by `step_ratio` with ``yolo_prune.prune.prune``, save ``weights/pruned.pt`` at once (FP32), then
-    fine-tune it for ``epochs`` with `PrunedDetectionTrainer` and measure it; with ``max_map_drop`` the schedule stops
-    at the first step whose mAP50-95 falls more than that below the baseline, and the last step within the budget
-    becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; with ``int8=True``
-    quantize the baseline and the final model to INT8 OpenVINO models (`yolo_prune.quantize.measure_int8`) and add the
-    rows ``baseline+int8`` and ``final+int8``; (4) write
+    fine-tune it for ``epochs`` with the pruned trainer of its task (`PrunedDetectionTrainer`,
+    `PrunedSegmentationTrainer`, `PrunedPoseTrainer`, `PrunedOBBTrainer`) and measure it; with ``max_map_drop`` the
+    schedule stops at the first step whose mAP50-95 falls more than that below the baseline, and the last step within
+    the budget becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; with
+    ``int8=True`` quantize the baseline and the final model to INT8 OpenVINO models
+    (`yolo_prune.quantize.measure_int8`) and add the rows ``baseline+int8`` and ``final+int8``; (4) write
     ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
 
     Args:
@@ -660,8 +670,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     check_output_folder(args["project"])
     args["data"] = resolve_data(args["data"])
     baseline = _load_baseline(args["model"], args["data"])  # ValueError for a missing or unreadable model
-    nc = int(baseline.model.model[-1].nc)
-    check_dataset_matches(args["data"], nc)
+    head = baseline.model.model[-1]
+    check_dataset_matches(args["data"], int(head.nc), getattr(head, "kpt_shape", None))
 
     teacher = resolve_teacher(args, baseline) if args["distill"] else None
 
@@ -803,7 +813,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         trainer_last = run_dir / f"step{step}" / "weights" / "last.pt"
         if step and trainer_last.is_file() and (last_good is None or last_good.name == "pruned.pt"):
             last_good = trainer_last  # a fine-tune was running: its last epoch is newer than the pruned model
-        raise PruneInterrupted(run_dir, last_good) from e
+        from .tasks import trainer_for
+
+        raise PruneInterrupted(run_dir, last_good, trainer_for(baseline.model).__name__) from e
 
     notes.append(
         f"{goal} in {args['steps']} step(s), allocation={args['allocation']} ({args['method']}, round_to="

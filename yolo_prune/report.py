@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "TASK_METRICS",
     "backends_in",
     "compare_to_baseline",
     "format_table",
     "machine_info",
     "save_figure",
+    "task_metrics_in",
     "write_atomic",
     "write_report",
 ]
@@ -140,10 +142,35 @@ def _fmt(x: Any, spec: str, suffix: str = "") -> str:
     return "-" if f is None else f"{f:{spec}}{suffix}"
 
 
+# Task metrics next to the box mAP (`map50_95`/`map50`): report key -> column title. A column appears only when a
+# row has the key (segment rows have the mask mAP, pose rows the keypoint mAP; see yolo_prune.tasks.TASKS).
+TASK_METRICS = {
+    "map50_95_mask": "mask mAP50-95",
+    "map50_mask": "mask mAP50",
+    "map50_95_pose": "pose mAP50-95",
+    "map50_pose": "pose mAP50",
+}
+
+
+def task_metrics_in(rows: list[dict]) -> list[str]:
+    """Return the task metric keys (`TASK_METRICS`) that some row has, in the table order."""
+    return [k for k in TASK_METRICS if any(row.get(k) is not None for row in rows)]
+
+
 def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Return header and cells of the comparison table."""
     backends = backends_in(rows)
-    header = ["model", "params(M)", "GFLOPs", "MACs x", "size(MB)", "mAP50-95", "mAP50"]
+    extra = task_metrics_in(rows)
+    header = [
+        "model",
+        "params(M)",
+        "GFLOPs",
+        "MACs x",
+        "size(MB)",
+        "mAP50-95",
+        "mAP50",
+        *(TASK_METRICS[k] for k in extra),
+    ]
     for b in backends:
         header += [f"{b} ms", f"{b} x", f"{b} eff"]
     cells = []
@@ -157,6 +184,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             _fmt(row.get("size_mb"), ".2f"),
             _fmt(row.get("map50_95"), ".4f"),
             _fmt(row.get("map50"), ".4f"),
+            *(_fmt(row.get(k), ".4f") for k in extra),
         ]
         lat = row.get("latency_ms") or {}
         for b in backends:
@@ -177,7 +205,8 @@ def _error_lines(rows: list[dict]) -> list[str]:
 def format_table(rows: list[dict]) -> str:
     """Return the comparison table as aligned plain text, followed by any errors.
 
-    Columns: model, params, GFLOPs, MACs ratio vs the first row, size, mAP50-95, mAP50 and, per backend, median
+    Columns: model, params, GFLOPs, MACs ratio vs the first row, size, box mAP50-95, box mAP50, the task's mAP
+    columns when rows have them (mask or pose mAP50-95 and mAP50, `TASK_METRICS`) and, per backend, median
     latency, speed-up vs the first row and efficiency (`speedup / macs_ratio`).
 
     Args:
@@ -227,13 +256,14 @@ def _markdown(rows: list[dict], title: str, machine: dict, notes: list[str], par
 def _csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
     """Flatten rows into CSV columns."""
     backends = backends_in(rows)
-    fields = ["name", "path", "params", "gflops", "macs_ratio", "size_mb", "map50_95", "map50"]
+    extra = task_metrics_in(rows)
+    fields = ["name", "path", "params", "gflops", "macs_ratio", "size_mb", "map50_95", "map50", *extra]
     for b in backends:
         fields += [f"{b}_ms", f"{b}_p10_ms", f"{b}_p90_ms", f"{b}_threads", f"{b}_speedup", f"{b}_efficiency"]
     fields.append("errors")
     flat = []
     for row, cmp in zip(rows, compare_to_baseline(rows), strict=True):
-        d = {k: row.get(k) for k in ("name", "path", "params", "gflops", "size_mb", "map50_95", "map50")}
+        d = {k: row.get(k) for k in ("name", "path", "params", "gflops", "size_mb", "map50_95", "map50", *extra)}
         d["macs_ratio"] = cmp["macs_ratio"]
         for b in backends:
             detail = (row.get("latency_detail") or {}).get(b) or {}

@@ -31,8 +31,9 @@ Decisions written down:
     the stream cannot be pruned (a frozen group), the heads stay. ``AAttn`` stores ``all_head_dim``, so its stream
     and heads are pruned independently. Pruning the stream is needed for the gain: YOLO12n at ratio 0.5 lost 56 %
     of its MACs with attention kept, and at least 65 % with it pruned.
-* The detection head's hidden convs are pruned; the last 1x1 conv of every branch (box, class, and the one-to-one
-  branches of YOLOv10/YOLO26) is frozen, and DFL is never traced.
+* Heads (Detect, v10Detect, Segment, Pose, OBB and their YOLO26 variants) have their own rules in
+  ``yolo_prune.tasks`` (``HEAD_RULES``): hidden convs pruned, the last conv of every output branch frozen. DFL is
+  never traced.
 * ADown chunks its input into two equal halves; the channels feeding it keep their width.
 * CBLinear/CBFuse (YOLOv9e) add fixed-size slices of one conv onto other branches; those widths are kept.
 * GhostConv concatenates its primary conv ``cv1`` (``c2 / 2`` outputs) with a depthwise ``cv2`` on it, so channel
@@ -41,7 +42,7 @@ Decisions written down:
   ``yolo_prune.prune``), so no conv is left with fewer outputs than its consumers expect.
 * Grouped convs that are not depthwise are frozen (none appear in the stock detection yamls).
 
-A new block means one new entry in ``BLOCK_RULES``.
+A new block means one new entry in ``BLOCK_RULES``; a new head, one entry in ``yolo_prune.tasks.HEADS``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ from ultralytics.nn.modules import (
     Concat,
     Conv,
     ConvTranspose,
-    Detect,
     DWConv,
     GhostBottleneck,
     GhostConv,
@@ -90,11 +90,11 @@ from ultralytics.nn.modules import (
     RepNCSPELAN4,
     RepVGGDW,
     SCDown,
-    v10Detect,
 )
 from ultralytics.nn.modules.block import AAttn, ABlock, C3k, PSABlock
 
 from .heads import check_attention
+from .tasks import HEAD_RULES, check_head
 
 __all__ = ["BLOCK_RULES", "SUPPORTED_LAYERS", "TracingPlan", "check_supported", "prepare_for_tracing"]
 
@@ -264,13 +264,6 @@ def _cbfuse_trace(self, xs):
     return out
 
 
-def _detect_trace(self, x):
-    heads = [(self.cv2, self.cv3)]
-    if getattr(self, "one2one_cv2", None) is not None:
-        heads.append((self.one2one_cv2, self.one2one_cv3))
-    return [torch.cat((box[i](x[i]), cls[i](x[i])), 1) for box, cls in heads for i in range(self.nl)]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Rules
 
@@ -313,14 +306,6 @@ def _rule_cbfuse(block: CBFuse, plan: TracingPlan) -> None:
     plan.patch_forward(block, _cbfuse_trace)  # a chain of adds instead of stack + sum
 
 
-def _rule_detect(head: Detect, plan: TracingPlan) -> None:
-    plan.patch_forward(head, _detect_trace)
-    for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
-        branches = getattr(head, name, None)
-        if branches is not None:
-            plan.frozen_out.update(branch[-1] for branch in branches)
-
-
 def _rule_repvggdw(block: RepVGGDW, plan: TracingPlan) -> None:
     plan.on_restore(lambda: setattr(block, "dim", block.conv.conv.out_channels))
 
@@ -351,8 +336,6 @@ BLOCK_RULES: dict[type, Callable[[nn.Module, TracingPlan], None]] = {
     CBLinear: _rule_cblinear,
     CBFuse: _rule_cbfuse,
     AAttn: _rule_attention,
-    Detect: _rule_detect,
-    v10Detect: _rule_detect,
     RepVGGDW: _rule_repvggdw,
     GhostConv: _rule_ghostconv,
     A2C2f: _rule_a2c2f,
@@ -394,26 +377,25 @@ SUPPORTED_LAYERS: tuple[type, ...] = (
     ABlock,
     PSABlock,
     *BLOCK_RULES,
+    *HEAD_RULES,
 )
 
 
 def check_supported(model: nn.Module) -> None:
     """Raise ``ValueError`` if ``model`` holds a top-level layer the rules do not know.
 
+    The head must be one of ``yolo_prune.tasks.HEADS`` (tasks detect, segment, pose and obb); a classify model or an
+    unknown head is refused in one line.
+
     Args:
-        model: An Ultralytics ``DetectionModel``.
+        model: An Ultralytics ``DetectionModel`` (or its ``SegmentationModel``, ``PoseModel``, ``OBBModel`` subclass).
     """
-    head = model.model[-1]
-    if type(head) not in (Detect, v10Detect):
-        raise ValueError(
-            f"cannot prune a model whose head is {type(head).__name__}: only detection heads (Detect, v10Detect) are "
-            "supported (YOLOv3u, v5u, v6, v8, v9, v10, 11, 12, 26 detect models)"
-        )
+    check_head(model)
     unknown = sorted({type(m).__name__ for m in model.model if type(m) not in SUPPORTED_LAYERS})
     if unknown:
         raise ValueError(
             f"cannot prune layers of type {', '.join(unknown)}: yolo-prune knows the blocks of the stock Ultralytics "
-            "detection families (YOLOv3u, v5u, v6, v8, v9, v10, 11, 12, 26)"
+            "detection families (YOLOv3u, v5u, v6, v8, v9, v10, 11, 12, 26) and their segment, pose and obb models"
         )
 
 
@@ -429,7 +411,7 @@ def prepare_for_tracing(model: nn.Module, attention: str = "heads") -> TracingPl
     """
     plan = TracingPlan(attention_mode=check_attention(attention))
     for module in list(model.modules()):
-        rule = BLOCK_RULES.get(type(module))
+        rule = BLOCK_RULES.get(type(module)) or HEAD_RULES.get(type(module))
         if rule is not None:
             rule(module, plan)
         elif isinstance(module, DFL):

@@ -1,9 +1,11 @@
-"""A detection trainer that fine-tunes a pruned model as it is, instead of rebuilding it from its yaml.
+"""Trainers that fine-tune a pruned model as it is, instead of rebuilding it from its yaml (detect, segment, pose, obb).
 
 The stock ``DetectionTrainer.get_model`` builds a fresh ``DetectionModel`` from ``model.yaml`` (which always describes
 the unpruned network) and copies over only the tensors whose shapes match, so a pruned checkpoint silently turns back
 into a full-size model. ``PrunedDetectionTrainer`` returns the module it is given, so the model, its EMA, the
-optimizer and the saved ``best.pt``/``last.pt`` all keep the pruned shapes.
+optimizer and the saved ``best.pt``/``last.pt`` all keep the pruned shapes. ``PrunedSegmentationTrainer``,
+``PrunedPoseTrainer`` and ``PrunedOBBTrainer`` do the same on top of Ultralytics' ``SegmentationTrainer``,
+``PoseTrainer`` and ``OBBTrainer`` (``yolo_prune.tasks.trainer_for`` picks the one for a model).
 
 Notes:
     ``best.pt`` and ``last.pt`` are finalised by Ultralytics' ``strip_optimizer``, which stores the EMA in FP16. That
@@ -23,10 +25,19 @@ from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 
-__all__ = ["AtomicWritePath", "PrunedDetectionTrainer"]
+__all__ = [
+    "AtomicWritePath",
+    "PrunedDetectionTrainer",
+    "PrunedOBBTrainer",
+    "PrunedPoseTrainer",
+    "PrunedSegmentationTrainer",
+]
 
 PREFIX = colorstr("yolo-prune: ")
 NO_MODEL = (
@@ -61,6 +72,8 @@ class PrunedDetectionTrainer(DetectionTrainer):
         >>> trainer = PrunedDetectionTrainer(overrides={"model": "pruned.pt", "data": "data.yaml", "epochs": 1})
         >>> trainer.train()
     """
+
+    accepted_task = "detect"  # the task of the models this trainer accepts
 
     def __init__(self, *args: Any, **kwargs: Any):
         """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically."""
@@ -134,14 +147,15 @@ class PrunedDetectionTrainer(DetectionTrainer):
         """
         self._check_pretrained()
         task = getattr(model, "task", None) or guess_model_task(model)
-        if not isinstance(model, DetectionModel) or task != "detect":
-            raise ValueError(f"PrunedDetectionTrainer trains detection models only, got a '{task}' model")
+        if not isinstance(model, DetectionModel) or task != self.accepted_task:
+            raise ValueError(f"{type(self).__name__} trains '{self.accepted_task}' models only, got a '{task}' model")
         nc = getattr(model.model[-1], "nc", None)
         if nc != self.data["nc"]:
             raise ValueError(
                 f"dataset '{self.args.data}' has nc={self.data['nc']} classes but the model has nc={nc}: "
                 "a pruned model keeps its head, so train it on data with the same classes"
             )
+        self._check_head(model)
         model.float()  # a checkpoint may hold FP16 weights; AMP keeps FP32 master weights
         for p in model.parameters():
             if p.dtype.is_floating_point:
@@ -151,6 +165,9 @@ class PrunedDetectionTrainer(DetectionTrainer):
             n = sum(p.numel() for p in model.parameters())
             LOGGER.info(f"{PREFIX}training the given model as is ({n:,} parameters), not rebuilding it from yaml")
         return self.set_model_names_for_load(model)
+
+    def _check_head(self, model: torch.nn.Module) -> None:
+        """Raise a ``ValueError`` if the head does not fit the dataset beyond its classes (see the pose trainer)."""
 
     def _check_pretrained(self) -> None:
         """Refuse ``pretrained=<path>`` naming a file other than the model: it would replace the pruned model."""
@@ -164,3 +181,45 @@ class PrunedDetectionTrainer(DetectionTrainer):
             f"pretrained='{pretrained}' would replace the pruned model '{model}'; PrunedDetectionTrainer trains the "
             "model it is given: load the checkpoint you want as the model instead"
         )
+
+
+class PrunedSegmentationTrainer(PrunedDetectionTrainer, SegmentationTrainer):
+    """Segmentation trainer that trains the given (pruned) ``SegmentationModel`` as is (see `PrunedDetectionTrainer`).
+
+    Examples:
+        >>> YOLO("pruned-seg.pt").train(trainer=PrunedSegmentationTrainer, data="shapes-seg.yaml", epochs=10)
+    """
+
+    accepted_task = "segment"
+
+
+class PrunedPoseTrainer(PrunedDetectionTrainer, PoseTrainer):
+    """Pose trainer that trains the given (pruned) ``PoseModel`` as is (see `PrunedDetectionTrainer`).
+
+    The dataset's ``kpt_shape`` must be the head's: a pruned model keeps its keypoint outputs.
+
+    Examples:
+        >>> YOLO("pruned-pose.pt").train(trainer=PrunedPoseTrainer, data="shapes-pose.yaml", epochs=10)
+    """
+
+    accepted_task = "pose"
+
+    def _check_head(self, model: torch.nn.Module) -> None:
+        """Raise a ``ValueError`` if the dataset's ``kpt_shape`` differs from the head's."""
+        head, wanted = model.model[-1], self.data.get("kpt_shape")
+        if wanted is not None and list(head.kpt_shape) != list(wanted):
+            raise ValueError(
+                f"dataset '{self.args.data}' has kpt_shape={list(wanted)} but the model has "
+                f"kpt_shape={list(head.kpt_shape)}: a pruned model keeps its head, so train it on data with the same "
+                "keypoints"
+            )
+
+
+class PrunedOBBTrainer(PrunedDetectionTrainer, OBBTrainer):
+    """Oriented-box trainer that trains the given (pruned) ``OBBModel`` as is (see `PrunedDetectionTrainer`).
+
+    Examples:
+        >>> YOLO("pruned-obb.pt").train(trainer=PrunedOBBTrainer, data="shapes-obb.yaml", epochs=10)
+    """
+
+    accepted_task = "obb"

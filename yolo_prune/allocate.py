@@ -40,6 +40,7 @@ __all__ = [
 
 PREFIX = colorstr("yolo-prune: ")
 GRID_STEP = 0.05  # candidate ratios per layer: 0, 0.05, ... up to the largest scanned ratio
+START_MARGIN = 0.05  # the single-move walk starts within this (relative) above the target when it can
 SPREAD = 1e-3  # loss added per layer as SPREAD * ratio**2: splits ties between equally harmless layers evenly
 
 
@@ -285,6 +286,7 @@ def allocate(
         )
     best_t, best = high, top
     over = bottom = probe(low)
+    above = [bottom]  # every probed allocation that kept more than the target
     if bottom[2] <= target:
         return Allocation(bottom[0], target, bottom[2], bottom[1], low, probes)
     for _ in range(max_probes - 2):
@@ -296,10 +298,15 @@ def allocate(
             high, best_t, best = mid, mid, found
         else:
             low, over = mid, found
+            above.append(found)
         if high / low < 1.0 + 1e-4:
             break
     if target - best[2] > tol * target:  # a gap in the hull: walk from the allocation just above the target
-        ratios, now = dict(over[0]), over[2]
+        # Start from the allocation above the target with the least predicted loss among those close to it: with
+        # coarse channel rounding, the last bisection steps can add predicted loss without changing the cost.
+        near = [a for a in above if a[2] <= target * (1.0 + START_MARGIN)]
+        start = min(near, key=lambda a: a[1]) if near else over
+        ratios, now = dict(start[0]), start[2]
         for _ in range(max_moves):
             move = cheapest_move(curves, ratios, now - target)
             if move is None:

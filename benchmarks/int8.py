@@ -15,7 +15,7 @@ Models: ``--model`` (a trained checkpoint) or, without it, yolov8n trained ``--t
 ``--data``; ``--pruned`` (a pruned, fine-tuned checkpoint of that model) or, without it,
 ``yolo_prune.pipeline.run_prune`` with ``target_macs=0.5`` and ``--epochs`` fine-tuning epochs (``--note`` records where
 given checkpoints came from). Any Ultralytics task whose validator reports box metrics works (e.g. a segmenter:
-``--model yolo11n-seg.pt --data seg.yaml``; only box mAP is reported).
+``--model yolo11n-seg.pt --data seg.yaml``; box mAP, plus mask or pose mAP for those tasks).
 
 Usage:
     python benchmarks/int8.py --out runs/int8                                           # train, prune, measure
@@ -148,7 +148,9 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     threads = [str(t) for t in result["threads"]]
-    head = ["model", "mAP50-95", "mAP50", "OpenVINO weights (MB)", "MACs x"]
+    extra = [k for k in ("map50_95_mask", "map50_95_pose") if any(k in r for r in result["rows"].values())]
+    head = ["model", "mAP50-95", "mAP50", *(k.replace("map50_95_", "mAP50-95 ") for k in extra)]
+    head += ["OpenVINO weights (MB)", "MACs x"]
     head += [f"{t} thread{'s' if t != '1' else ''} ms (x vs baseline)" for t in threads]
     lines = [
         "# INT8 as the last step: pruned vs unpruned, FP32 vs INT8 (OpenVINO CPU)",
@@ -167,7 +169,9 @@ def markdown(result: dict) -> str:
     base = result["rows"]["baseline"]
     for name in ROWS:
         row = result["rows"][name]
-        cells = [name, f"{row['map50_95']:.4f}", f"{row['map50']:.4f}", f"{row['size_mb']:.2f}"]
+        cells = [name, f"{row['map50_95']:.4f}", f"{row['map50']:.4f}"]
+        cells += [f"{row[k]:.4f}" if k in row else "-" for k in extra]
+        cells.append(f"{row['size_mb']:.2f}")
         cells.append(f"{row['macs_x']:.2f}x")
         for t in threads:
             lat, ref = row["latency"][t], base["latency"][t]

@@ -48,6 +48,7 @@ __all__ = [
     "measure_onnx_latency",
     "measure_openvino_latency",
     "measure_torch_latency",
+    "metrics_row",
     "new_row",
     "openvino_size_mb",
     "require_openvino",
@@ -471,7 +472,6 @@ def validate(
         (dict): `{"map50_95": float, "map50": float}`, plus the task's keys.
     """
     from .data import resolve_data
-    from .tasks import TASKS
 
     data = resolve_data(data)
 
@@ -483,9 +483,24 @@ def validate(
         metrics = yolo.val(data=str(data), imgsz=imgsz, batch=batch, device=device, **args)
     finally:
         torch.set_num_threads(previous)  # the validator's select_device changes it process-wide
+    return metrics_row(metrics, getattr(yolo, "task", None))
+
+
+def metrics_row(metrics: Any, task: str | None) -> dict:
+    """Return the report keys of an Ultralytics validator result: box ``map50_95``/``map50`` plus the task's keys.
+
+    Args:
+        metrics (Any): What ``YOLO.val`` returned.
+        task (str, optional): The model's task (``detect`` when None).
+
+    Returns:
+        (dict): ``{"map50_95": float, "map50": float}`` and, for segment or pose, the mask or pose mAP keys.
+    """
+    from .tasks import TASKS
+
     result = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
-    task = TASKS.get(getattr(yolo, "task", None) or "detect")
-    for key, (group, name) in (task.metrics if task else {}).items():
+    spec = TASKS.get(task or "detect")
+    for key, (group, name) in (spec.metrics if spec else {}).items():
         result[key] = float(getattr(getattr(metrics, group), name))
     return result
 

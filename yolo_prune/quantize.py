@@ -108,7 +108,8 @@ def validate_int8(model_dir: str | Path, data: str, imgsz: int = 640, **kwargs: 
         **kwargs (Any): Extra ``YOLO.val`` arguments (``project``, ``name``, ...).
 
     Returns:
-        (dict): ``{"map50_95": float, "map50": float}`` (box metrics).
+        (dict): ``{"map50_95": float, "map50": float}`` (box metrics) plus the mask or pose mAP of a segment or pose
+        model (`yolo_prune.measure.metrics_row`).
     """
     import torch
     from ultralytics import YOLO
@@ -123,7 +124,9 @@ def validate_int8(model_dir: str | Path, data: str, imgsz: int = 640, **kwargs: 
         metrics = yolo.val(data=resolve_data(str(data)), imgsz=imgsz, device="cpu", **args)
     finally:
         torch.set_num_threads(previous)  # the validator's select_device changes it process-wide
-    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+    from .measure import metrics_row
+
+    return metrics_row(metrics, meta.get("task", "detect"))
 
 
 def measure_int8(

@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "dataset_cache_dir",
     "ensure_offline_font",
     "make_shapes_dataset",
+    "staged_dataset",
     "resolve_data",
 ]
 
@@ -241,6 +243,42 @@ def _render_image(
     return image, labels
 
 
+@contextlib.contextmanager
+def staged_dataset(root: str | Path):
+    """Yield a hidden sibling folder of ``root`` to write a dataset into; on success it is renamed to ``root``.
+
+    Nothing half-written is ever visible at ``root``: any error removes the staging folder, and a ``root`` filled by
+    another process in the meantime raises ``FileExistsError``.
+
+    Args:
+        root (str | Path): The dataset folder to create; it must not exist or be empty.
+
+    Yields:
+        (Path): The staging folder (not yet created).
+
+    Raises:
+        FileExistsError: If ``root`` exists and is not empty, before or after writing.
+    """
+    root = Path(root).expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"dataset folder {root} exists and is not empty")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if root.exists():
+            root.rmdir()  # empty (checked above); fails if another process filled it meanwhile
+        os.rename(tmp, root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"dataset folder {root} was created by another process") from e
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def make_shapes_dataset(
     root: str | Path,
     n_train: int = 800,
@@ -282,16 +320,12 @@ def make_shapes_dataset(
         >>> yaml_path = make_shapes_dataset("shapes-demo", n_train=100, n_val=20, imgsz=160)
     """
     root = Path(root).expanduser().resolve()
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"dataset folder {root} exists and is not empty")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     style = {"max_objects": int(max_objects), "min_size": float(min_size), "max_size": float(max_size)}
     style["clutter"] = bool(clutter)
     defaults = {"max_objects": MAX_OBJECTS, "min_size": SIZE_RANGE[0], "max_size": SIZE_RANGE[1], "clutter": True}
     if style["max_objects"] < 1 or not 0 < style["min_size"] <= style["max_size"] <= 1:
         raise ValueError(f"need max_objects >= 1 and 0 < min_size <= max_size <= 1, got {style}")
-    try:
+    with staged_dataset(root) as tmp:
         for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -318,17 +352,6 @@ def make_shapes_dataset(
             f"# yolo-prune synthetic shapes dataset, generator v{GENERATOR_VERSION}, {json.dumps(params)}\n"
             f"path: {json.dumps(str(root))}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
         )
-        if root.exists():
-            root.rmdir()  # empty (checked above); fails if another process filled it meanwhile
-        os.rename(tmp, root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"dataset folder {root} was created by another process") from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root / DATA_YAML
 
 

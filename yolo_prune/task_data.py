@@ -20,9 +20,6 @@ Examples:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import cv2
@@ -135,11 +132,9 @@ def make_task_dataset(
     if task not in ("segment", "pose", "obb"):
         raise ValueError(f"unknown task '{task}' for a shapes dataset: use segment, pose or obb")
     root = Path(root).expanduser().resolve()
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"dataset folder {root} exists and is not empty")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    from .data import staged_dataset
+
+    with staged_dataset(root) as tmp:
         for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -161,15 +156,4 @@ def make_task_dataset(
             f"{json.dumps(params)}\npath: {json.dumps(str(root))}\ntrain: images/train\nval: images/val\n{extra}"
             f"names:\n{names}\n"
         )
-        if root.exists():
-            root.rmdir()
-        os.rename(tmp, root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"dataset folder {root} was created by another process") from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root / "data.yaml"

@@ -47,7 +47,7 @@ BASELINE_RECIPE: dict[str, Any] = {**study.BASELINE_RECIPE, "imgsz": IMGSZ, "epo
 # Shared by every fine-tuning row (pruned or not); the optimizer, lr0 and warm-up are yolo-prune's own defaults
 # (yolo_prune.pipeline.FINETUNE_DEFAULTS) unless a row says otherwise.
 COMMON = {k: BASELINE_RECIPE[k] for k in ("batch", "nbs", "mosaic", "close_mosaic", "cache", "workers", "amp", "plots")}
-COMMON.update(device="cpu", deterministic=False)
+COMMON.update(device="cpu", deterministic=False, round_to=8)  # the 0.2 default every row below was measured with
 
 # name -> (kind, settings). kind: prune (run_prune arguments), ft (fine-tune unpruned), lowres, scratch.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -60,6 +60,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "uniform-3x": ("prune", {"target_macs": 1 / 3, "allocation": "uniform"}),
     "lowres-3x": ("lowres", {"imgsz": 64}),
     "scratch-2x": ("scratch", {"target": 2.0}),
+    # the 0.3 default (round_to=auto: 16 on an AVX-512 CPU), with its own scan at that rounding
+    "default-2x-r16": (
+        "prune",
+        {"target_macs": 0.5, "allocation": "sensitivity", "distill": True, "dis": 1.0, "round_to": 16},
+    ),
     "sens-2x-distill6": ("prune", {"target_macs": 0.5, "allocation": "sensitivity", "distill": True, "dis": 6.0}),
     "uniform-2x-distill": ("prune", {"target_macs": 0.5, "allocation": "uniform", "distill": True, "dis": 1.0}),
     "sens-2x-steps3": ("prune", {"target_macs": 0.5, "allocation": "sensitivity", "steps": 3, "epochs": E // 3}),
@@ -95,6 +100,7 @@ PLAN: list[tuple[str, int]] = [
     *[(r, 0) for r in ("sens-3x-distill", "sens-2x-steps3", "global-2x", "sens-2x-sparse", "uniform-2x-distill")],
     ("scratch-2x", 1),
     *[(r, 1) for r in ("sens-3x-distill", "scratch-3x")],  # the 3x rows that came out close
+    *[("default-2x-r16", s) for s in (0, 1)],
 ]
 
 
@@ -127,7 +133,9 @@ def scan(out: Path, base: Path) -> Path:
     if (folder / "sensitivity.json").is_file():
         return folder
     start = time.perf_counter()
-    made = run_sensitivity(str(base), DATA, imgsz=IMGSZ, batch=16, project=out, name="sensitivity-tmp", verbose=True)
+    made = run_sensitivity(
+        str(base), DATA, imgsz=IMGSZ, batch=16, round_to=8, project=out, name="sensitivity-tmp", verbose=True
+    )
     shutil.move(str(made), str(folder))
     (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     return folder
@@ -162,7 +170,10 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
     record: dict[str, Any] = {"row": name, "seed": seed, "kind": kind, "settings": settings}
     if kind == "prune":
         args = {"epochs": E, "distill": False, **settings}  # distillation only where the row says so
-        if args.get("allocation") == "sensitivity" and not args.get("sparse_epochs"):
+        own_scan = args.get("round_to", COMMON["round_to"]) != COMMON["round_to"]
+        if own_scan and (out / "sensitivity-r16" / "sensitivity.json").is_file():
+            args["sensitivity"] = str(out / "sensitivity-r16")  # the first seed's scan at this rounding
+        elif args.get("allocation") == "sensitivity" and not args.get("sparse_epochs") and not own_scan:
             args["sensitivity"] = str(sens)  # the shared scan of the baseline (a sparse model is scanned anew)
         shutil.rmtree(out / "prune" / tag, ignore_errors=True)
         run_dir = run_prune(
@@ -174,9 +185,10 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
             name=tag,
             runs=5,
             warmup=1,
-            **COMMON,
-            **args,
+            **{**COMMON, **args},
         )
+        if own_scan and not (out / "sensitivity-r16").exists():
+            shutil.copytree(run_dir / "sensitivity", out / "sensitivity-r16")
         report = json.loads((run_dir / "report.json").read_text())
         final = next(r for r in report["rows"] if r["name"] == "final")
         path = out / "models" / f"{tag}.pt"

@@ -1,7 +1,7 @@
 """Accuracy study v2: does pruning a *converged* YOLOv8n keep its accuracy at 2x and 3x fewer MACs?
 
-Every pruned row runs the product itself (``yolo_prune.pipeline.run_prune``, the code behind ``yolo-prune prune``) on
-one converged baseline, with the same fine-tuning budget ``E`` for every row. Controls get the same budget:
+Every pruned row runs the product itself (``yolo_prune.integration.pipeline.run_prune``, the code behind ``yolo-prune
+prune``) on one converged baseline, with the same fine-tuning budget ``E`` for every row. Controls get the same budget:
 
 - ``ft``: the unpruned baseline fine-tuned ``E`` more epochs (the fair control for the extra epochs);
 - ``lowres-Nx``: the unpruned baseline fine-tuned ``E`` epochs at a lower input size (the cheapest alternative users
@@ -45,7 +45,7 @@ E = 6  # fine-tuning budget (epochs) of every row
 # validation mAP plateaus (linear LR decay to lrf over 50 epochs, early stopping with patience 10).
 BASELINE_RECIPE: dict[str, Any] = {**study.BASELINE_RECIPE, "imgsz": IMGSZ, "epochs": 50, "patience": 10}
 # Shared by every fine-tuning row (pruned or not); the optimizer, lr0 and warm-up are yolo-prune's own defaults
-# (yolo_prune.pipeline.FINETUNE_DEFAULTS) unless a row says otherwise.
+# (yolo_prune.integration.pipeline.FINETUNE_DEFAULTS) unless a row says otherwise.
 COMMON = {k: BASELINE_RECIPE[k] for k in ("batch", "nbs", "mosaic", "close_mosaic", "cache", "workers", "amp", "plots")}
 COMMON.update(device="cpu", deterministic=False, round_to=8)  # the 0.2 default every row below was measured with
 
@@ -113,7 +113,7 @@ def baseline(out: Path) -> tuple[Path, dict]:
     """Train the converged baseline (or reuse ``out/models/baseline.pt``); return it and its record."""
     from study import train
 
-    from yolo_prune.data import resolve_data
+    from yolo_prune.data.shapes import resolve_data
 
     path = out / "models" / "baseline.pt"
     record_file = out / "baseline.json"
@@ -127,7 +127,7 @@ def baseline(out: Path) -> tuple[Path, dict]:
 
 def scan(out: Path, base: Path) -> Path:
     """Run the sensitivity scan once (the same one `run_prune` would run) and return its folder for reuse."""
-    from yolo_prune.sensitivity import run_sensitivity
+    from yolo_prune.policy.sensitivity import run_sensitivity
 
     folder = out / "sensitivity"
     if (folder / "sensitivity.json").is_file():
@@ -143,15 +143,15 @@ def scan(out: Path, base: Path) -> Path:
 
 def validate(path: Path, imgsz: int = IMGSZ) -> dict:
     """mAP50-95 and mAP50 on the full validation split."""
-    from yolo_prune.data import resolve_data
-    from yolo_prune.measure import validate as val
+    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.measurement.measure import validate as val
 
     return val(str(path), resolve_data(DATA), imgsz=imgsz, batch=16, device="cpu")
 
 
 def macs_ratio(path: Path, base: Path, imgsz: int = IMGSZ) -> float:
     """Baseline MACs at ``IMGSZ`` divided by the model's MACs at ``imgsz`` (how many times fewer)."""
-    from yolo_prune.measure import count_gflops, load_yolo
+    from yolo_prune.measurement.measure import count_gflops, load_yolo
 
     return count_gflops(load_yolo(str(base)).model, IMGSZ) / count_gflops(load_yolo(str(path)).model, imgsz)
 
@@ -160,9 +160,9 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
     """Run one row with one seed and return its record (mAP, MACs cut, epochs, seconds)."""
     from study import scaled_model_yaml, train, width_for_macs
 
-    from yolo_prune.data import resolve_data
-    from yolo_prune.pipeline import FINETUNE_DEFAULTS, run_prune
-    from yolo_prune.trainer import PrunedDetectionTrainer
+    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.integration.pipeline import FINETUNE_DEFAULTS, run_prune
+    from yolo_prune.integration.trainer import PrunedDetectionTrainer
 
     kind, settings = ROWS[name]
     tag = f"{name}-s{seed}"
@@ -204,7 +204,7 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
         path = Path(result["path"])
         record.update(validate(path, imgsz), macs_x=macs_ratio(path, base, imgsz), epochs=E, imgsz=imgsz)
     elif kind == "scratch":
-        from yolo_prune.measure import load_yolo
+        from yolo_prune.measurement.measure import load_yolo
 
         nc = int(load_yolo(str(base)).model.model[-1].nc)
         width, _ = width_for_macs(settings["target"], nc, IMGSZ)

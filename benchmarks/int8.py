@@ -1,8 +1,8 @@
 """INT8 as the last step: does pruning still pay once both models are quantized?
 
 Four rows for one model and dataset: the baseline, the baseline pruned to 2x fewer MACs and fine-tuned, and both
-quantized to INT8 with OpenVINO post-training quantization (`yolo_prune.quantize`: the Ultralytics exporter with NNCF,
-calibrated on train images). For each row: mAP50-95 and mAP50 on the validation split at the accuracy size
+quantized to INT8 with OpenVINO post-training quantization (`yolo_prune.measurement.quantize`: the Ultralytics exporter
+with NNCF, calibrated on train images). For each row: mAP50-95 and mAP50 on the validation split at the accuracy size
 (``--imgsz``, the size the model was trained at), the size of the OpenVINO weights (.bin) and OpenVINO CPU latency at
 ``--latency-imgsz`` (640 px).
 
@@ -13,9 +13,9 @@ lowest and highest round median). Thread settings: 1 thread and every usable cor
 
 Models: ``--model`` (a trained checkpoint) or, without it, yolov8n trained ``--train-epochs`` from scratch on
 ``--data``; ``--pruned`` (a pruned, fine-tuned checkpoint of that model) or, without it,
-``yolo_prune.pipeline.run_prune`` with ``target_macs=0.5`` and ``--epochs`` fine-tuning epochs (``--note`` records where
-given checkpoints came from). Any Ultralytics task whose validator reports box metrics works (e.g. a segmenter:
-``--model yolo11n-seg.pt --data seg.yaml``; box mAP, plus mask or pose mAP for those tasks).
+``yolo_prune.integration.pipeline.run_prune`` with ``target_macs=0.5`` and ``--epochs`` fine-tuning epochs (``--note``
+records where given checkpoints came from). Any Ultralytics task whose validator reports box metrics works (e.g. a
+segmenter: ``--model yolo11n-seg.pt --data seg.yaml``; box mAP, plus mask or pose mAP for those tasks).
 
 Usage:
     python benchmarks/int8.py --out runs/int8                                           # train, prune, measure
@@ -68,8 +68,8 @@ def train_baseline(data: str, imgsz: int, epochs: int, out: Path) -> Path:
     """Train yolov8n from scratch for ``epochs`` on ``data``; return its checkpoint."""
     from ultralytics import YOLO
 
-    from yolo_prune.checkpoint import save_checkpoint
-    from yolo_prune.data import resolve_data
+    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.integration.checkpoint import save_checkpoint
 
     path = out / "models" / "baseline.pt"
     if path.is_file():
@@ -83,7 +83,7 @@ def train_baseline(data: str, imgsz: int, epochs: int, out: Path) -> Path:
 
 def prune_baseline(model: Path, data: str, imgsz: int, epochs: int, out: Path) -> Path:
     """Prune ``model`` to half its MACs with `run_prune` (sensitivity allocation) and fine-tune ``epochs``."""
-    from yolo_prune.pipeline import run_prune
+    from yolo_prune.integration.pipeline import run_prune
 
     path = out / "models" / "pruned.pt"
     if path.is_file():
@@ -204,10 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     command = "python benchmarks/int8.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
 
-    from yolo_prune.data import resolve_data
-    from yolo_prune.measure import count_gflops, default_threads, export_openvino, load_yolo, openvino_size_mb, validate
-    from yolo_prune.quantize import export_int8, validate_int8
-    from yolo_prune.report import machine_info
+    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.measurement.measure import (
+        count_gflops,
+        default_threads,
+        export_openvino,
+        load_yolo,
+        openvino_size_mb,
+        validate,
+    )
+    from yolo_prune.measurement.quantize import export_int8, validate_int8
+    from yolo_prune.measurement.report import machine_info
 
     out = Path(a.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -256,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "seconds": round(time.perf_counter() - start, 1),
         "notes": [
-            "INT8: yolo_prune.quantize.export_int8 = Ultralytics export(format='openvino', quantize=8) = NNCF "
-            f"post-training quantization (MIXED preset, detection head decoding kept in FP32), calibrated on the first "
-            f"{a.calibration_images} train images; mAP on the val split (never seen by calibration)",
+            "INT8: yolo_prune.measurement.quantize.export_int8 = Ultralytics export(format='openvino', quantize=8) = "
+            "NNCF post-training quantization (MIXED preset, detection head decoding kept in FP32), calibrated on the "
+            f"first {a.calibration_images} train images; mAP on the val split (never seen by calibration)",
             f"mAP is measured at {a.imgsz} px with models exported at that size; latency at {a.latency_imgsz} px with "
             "a second export of the same checkpoint (same calibration images, letterboxed to that size)",
             "latency: OpenVINO CPU, PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32 (INT8 layers still run in "

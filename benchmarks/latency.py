@@ -106,11 +106,30 @@ def interleaved(runs: dict, rounds: int, warmup: int = 3) -> dict[str, list[floa
     return times
 
 
+def speed_cells(times: dict[str, list[float]], gflops: dict[str, float]) -> dict[str, dict]:
+    """Summarise interleaved timings against the ``base`` label: median ms, speed-up, MACs cut, eff = speed-up / MACs
+    cut, and the 10-90 % range of the per-round speed-ups."""
+    base = statistics.median(times["base"])
+    cells = {}
+    for label, t in times.items():
+        median = statistics.median(t)
+        cut = gflops["base"] / gflops[label]
+        q = statistics.quantiles(sorted(b / p for b, p in zip(times["base"], t, strict=True)), n=10)
+        cells[label] = {
+            "median_ms": median,
+            "speedup": base / median,
+            "macs_cut": cut,
+            "eff": base / median / cut,
+            "speedup_10_90": [q[0], q[-1]],
+        }
+    return cells
+
+
 def _layer_macs(model: nn.Module, imgsz: int) -> dict[int, float]:
     """Conv MACs per top-level layer index (``model.model[i]``)."""
     from copy import deepcopy
 
-    from yolo_prune.hardware import ConvSpec
+    from yolo_prune.measurement.hardware import ConvSpec
 
     module = deepcopy(model).float().eval()
     owner = {conv: i for i, layer in enumerate(module.model) for conv in layer.modules() if isinstance(conv, nn.Conv2d)}
@@ -177,8 +196,8 @@ def _widths(model: nn.Module) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark and return the results dict."""
-    from yolo_prune.hardware import auto_round_to, cpu_name
-    from yolo_prune.measure import count_gflops, export_onnx
+    from yolo_prune.measurement.hardware import auto_round_to, cpu_name
+    from yolo_prune.measurement.measure import count_gflops, export_onnx
 
     out = Path(args.out)
     (out / "profiles").mkdir(parents=True, exist_ok=True)
@@ -228,22 +247,7 @@ def run(args: argparse.Namespace) -> dict:
             }
             for backend in backends:
                 for threads in thread_counts:
-                    times = interleaved(_sessions(paths, backend, threads), args.rounds)
-                    base = statistics.median(times["base"])
-                    cell = {}
-                    for label, t in times.items():
-                        median = statistics.median(t)
-                        speedup = base / median
-                        cut = gflops["base"] / gflops[label]
-                        ratios = sorted(b / p for b, p in zip(times["base"], t, strict=True))
-                        q = statistics.quantiles(ratios, n=10)
-                        cell[label] = {
-                            "median_ms": median,
-                            "speedup": speedup,
-                            "macs_cut": cut,
-                            "eff": speedup / cut,
-                            "speedup_10_90": [q[0], q[-1]],
-                        }
+                    cell = speed_cells(interleaved(_sessions(paths, backend, threads), args.rounds), gflops)
                     entry["timings"][f"{backend}/t{threads}"] = cell
                     print(
                         f"{name} {backend} t{threads}: "

@@ -30,10 +30,10 @@ from ultralytics.utils import LOGGER  # noqa: E402
 from ultralytics.utils.files import increment_path  # noqa: E402
 
 from yolo_prune import PrunedDetectionTrainer, prune, save_checkpoint  # noqa: E402
-from yolo_prune.data import ensure_offline_font, resolve_data  # noqa: E402
-from yolo_prune.importance import IMPORTANCE_METHODS  # noqa: E402
-from yolo_prune.measure import count_gflops, count_params, validate  # noqa: E402
-from yolo_prune.report import machine_info  # noqa: E402
+from yolo_prune.data.shapes import ensure_offline_font, resolve_data  # noqa: E402
+from yolo_prune.measurement.measure import count_gflops, count_params, validate  # noqa: E402
+from yolo_prune.measurement.report import machine_info  # noqa: E402
+from yolo_prune.policy.importance import IMPORTANCE_METHODS  # noqa: E402
 
 # One short recipe for the baseline; every fine-tuning run uses FINE_TUNE (no warmup, half the learning rate).
 RECIPE = {"optimizer": "AdamW", "lr0": 0.004, "warmup_epochs": 1, "plots": False, "amp": False, "seed": 0}

@@ -7,7 +7,9 @@ depend on the weights), the script
 
 1. prunes with stock torch-pruning at ``--tp-ratio`` (0.5: half of every prunable group);
 2. prunes with ``yolo_prune.prune(model, target_macs=...)`` at its defaults (``round_to="auto"``, padded-MACs
-   target), the target searched so that it keeps at most the plain MACs that torch-pruning kept;
+   target), the target searched so that it keeps at most the plain MACs that torch-pruning kept; and the same with
+   ``round_to=8`` (does eager PyTorch, where the early high-resolution layers are memory-bound, gain from widths
+   below one 16-channel block?);
 3. exports every variant once through the Ultralytics exporter and times them side by side in interleaved rounds on
    ONNX Runtime (CPU, 1 thread) and in eager PyTorch (fused, 1 thread), 640 px, batch 1.
 
@@ -28,7 +30,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -80,7 +81,7 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return {**first, **head}
 
 
-def _match_macs(base, kept: float, g_base: float, imgsz: int, steps: int = 10):
+def _match_macs(base, kept: float, g_base: float, imgsz: int, steps: int = 10, **options):
     """Return ``prune(base, target_macs=t)`` (defaults otherwise) for the largest ``t`` whose plain MACs (THOP, as
     torch-pruning's result is counted) are at most ``kept`` of the base, and ``t``.
 
@@ -88,19 +89,24 @@ def _match_macs(base, kept: float, g_base: float, imgsz: int, steps: int = 10):
     MACs than torch-pruning did; searching ``t`` compares the two at equal plain MACs.
     """
     from yolo_prune import prune
-    from yolo_prune.measure import count_gflops
+    from yolo_prune.measurement.measure import count_gflops
 
     lo, hi, best = kept * 0.8, 1.0, None
     for _ in range(steps):
         t = (lo + hi) / 2
-        pruned = prune(base, target_macs=t, imgsz=imgsz, verbose=False)
+        pruned = prune(base, target_macs=t, imgsz=imgsz, verbose=False, **options)
         if count_gflops(pruned.model, imgsz) / g_base <= kept:
             lo, best = t, (pruned, t)
         else:
             hi = t
     if best is None:
-        best = (prune(base, target_macs=lo, imgsz=imgsz, verbose=False), lo)
+        best = (prune(base, target_macs=lo, imgsz=imgsz, verbose=False, **options), lo)
     return best
+
+
+def _file_name(label: str) -> str:
+    """A file stem for a variant label (``yolo-prune round_to=8`` -> ``yolo_prune_round_to8``)."""
+    return label.replace("-", "_").replace(" ", "_").replace("=", "")
 
 
 def _torch_runner(module: nn.Module, imgsz: int):
@@ -123,11 +129,11 @@ def _torch_runner(module: nn.Module, imgsz: int):
 def run(args: argparse.Namespace) -> dict:
     """Run the comparison and return the results dict."""
     import torch_pruning
-    from latency import _sessions, interleaved
+    from latency import _sessions, interleaved, speed_cells
     from ultralytics import YOLO
 
-    from yolo_prune.hardware import auto_round_to, cpu_name
-    from yolo_prune.measure import count_gflops, export_onnx
+    from yolo_prune.measurement.hardware import auto_round_to, cpu_name
+    from yolo_prune.measurement.measure import count_gflops, export_onnx
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -160,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         kept = count_gflops(models["torch-pruning"], args.imgsz) / g_base
         pruned, target = _match_macs(base, kept, g_base, args.imgsz)
         models["yolo-prune"] = pruned.model
+        models["yolo-prune round_to=8"] = _match_macs(base, kept, g_base, args.imgsz, round_to=8)[0].model
         gflops = {k: count_gflops(m, args.imgsz) for k, m in models.items()}
         entry: dict = {
             "gflops": gflops,
@@ -169,29 +176,13 @@ def run(args: argparse.Namespace) -> dict:
             "timings": {},
         }
         with tempfile.TemporaryDirectory() as tmp:
-            paths = {
-                k: export_onnx(m, imgsz=args.imgsz, out_dir=tmp, name=k.replace("-", "_")) for k, m in models.items()
-            }
+            paths = {k: export_onnx(m, imgsz=args.imgsz, out_dir=tmp, name=_file_name(k)) for k, m in models.items()}
             backends = {
                 "onnxruntime/t1": _sessions(paths, "onnxruntime", 1),
                 "torch/t1": {k: _torch_runner(m, args.imgsz) for k, m in models.items()},
             }
             for key, runs in backends.items():
-                times = interleaved(runs, args.rounds)
-                base_ms = statistics.median(times["base"])
-                cell = {}
-                for label, t in times.items():
-                    median = statistics.median(t)
-                    ratios = sorted(b / p for b, p in zip(times["base"], t, strict=True))
-                    q = statistics.quantiles(ratios, n=10)
-                    cut = gflops["base"] / gflops[label]
-                    cell[label] = {
-                        "median_ms": median,
-                        "speedup": base_ms / median,
-                        "macs_cut": cut,
-                        "eff": base_ms / median / cut,
-                        "speedup_10_90": [q[0], q[-1]],
-                    }
+                cell = speed_cells(interleaved(runs, args.rounds), gflops)
                 entry["timings"][key] = cell
                 print(
                     f"{name} {key}: "
@@ -226,7 +217,7 @@ def markdown(results: dict) -> str:
         "|---|---|---:|---:|---:|---|---:|---|",
     ]
     for name, e in results["models"].items():
-        for label in ("base", "torch-pruning", "yolo-prune"):
+        for label in e["gflops"]:
             row = [name, label, f"{e['gflops'][label]:.2f}", f"{e['gflops']['base'] / e['gflops'][label]:.2f}x"]
             for key in ("onnxruntime/t1", "torch/t1"):
                 c = e["timings"][key][label]

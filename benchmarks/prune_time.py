@@ -23,8 +23,8 @@ from ultralytics import YOLO  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
-from yolo_prune.importance import get_importance  # noqa: E402
-from yolo_prune.prune import prune_detection_model  # noqa: E402
+from yolo_prune.policy.importance import get_importance  # noqa: E402
+from yolo_prune.policy.prune import prune_detection_model  # noqa: E402
 
 FAMILIES = {
     "v3": {"n": "yolov3-tinyu", "m": "yolov3u", "l": "yolov3-sppu"},

@@ -17,10 +17,10 @@ Stages (a stage whose checkpoint already exists in ``--out`` is skipped, so an i
    scratch with ``SCRATCH_RECIPE``: as many epochs as a pruned model has seen (baseline + fine-tuning).
 4. ``unstructured-50``: ``torch.nn.utils.prune.l1_unstructured`` at 50 % on every learned conv of the baseline, made
    permanent with ``prune.remove`` and saved as a plain checkpoint (the approach in Ultralytics' docs). Not fine-tuned.
-5. ``measure``: ``yolo_prune.bench.run_bench`` on all models at the study image size (mAP50-95, mAP50, parameters,
-   GFLOPs, size, PyTorch and ONNX Runtime CPU latency at batch 1), and latency only at ``--latency-imgsz``. With
-   ``--profile``, an ONNX Runtime per-layer profile and an interleaved latency comparison of ``PROFILED`` (the
-   baseline and the 2x models) show where time goes.
+5. ``measure``: ``yolo_prune.measurement.bench.run_bench`` on all models at the study image size (mAP50-95, mAP50,
+   parameters, GFLOPs, size, PyTorch and ONNX Runtime CPU latency at batch 1), and latency only at
+   ``--latency-imgsz``. With ``--profile``, an ONNX Runtime per-layer profile and an interleaved latency comparison
+   of ``PROFILED`` (the baseline and the 2x models) show where time goes.
 
 Outputs in ``--out``: ``models/*.pt`` (the measured checkpoints), ``train/`` (Ultralytics runs), ``study.json``
 (recipes, pruning ratios, achieved MACs ratios, widths, training curves and times), ``bench-<imgsz>px*/`` (reports, a
@@ -75,7 +75,7 @@ __all__ = [
     "width_for_macs",
 ]
 
-DATA = "shapes.yaml"  # built-in dataset, generated on first use by yolo_prune.data.resolve_data
+DATA = "shapes.yaml"  # built-in dataset, generated on first use by yolo_prune.data.shapes.resolve_data
 BASELINE_MODEL = "yolov8n.yaml"  # trained from scratch: nothing is downloaded
 
 # A from-scratch YOLOv8n on shapes.yaml that learns in about 4-5 minutes on a 2-core CPU. What matters most:
@@ -210,7 +210,7 @@ def prune_to_macs(baseline: str | Path, method: str, target: float, imgsz: int, 
     """Prune ``baseline`` with ``method`` to at least ``target`` times fewer MACs (as close as the search gets).
 
     Uses ``prune(..., target_macs=1 / target)`` when this version of ``yolo_prune.prune`` has it, else a bisection on
-    the uniform pruning ratio measured with ``yolo_prune.measure.count_gflops``.
+    the uniform pruning ratio measured with ``yolo_prune.measurement.measure.count_gflops``.
 
     Args:
         baseline (str | Path): Baseline checkpoint.
@@ -225,7 +225,7 @@ def prune_to_macs(baseline: str | Path, method: str, target: float, imgsz: int, 
     from ultralytics import YOLO
 
     from yolo_prune import prune
-    from yolo_prune.measure import count_gflops
+    from yolo_prune.measurement.measure import count_gflops
 
     base = count_gflops(YOLO(str(baseline)).model, imgsz)
     if "target_macs" in inspect.signature(prune).parameters:
@@ -288,7 +288,7 @@ def width_for_macs(target: float, nc: int, imgsz: int, base: str = BASELINE_MODE
     """
     from ultralytics.nn.tasks import DetectionModel, guess_model_scale, yaml_model_load
 
-    from yolo_prune.measure import count_gflops
+    from yolo_prune.measurement.measure import count_gflops
 
     d = yaml_model_load(base)
     scale = guess_model_scale(base) or next(iter(d["scales"]))
@@ -351,7 +351,7 @@ def profile_onnx(onnx_path: str | Path, imgsz: int, runs: int = 30, threads: int
     import numpy as np
     import onnxruntime as ort
 
-    from yolo_prune.measure import default_threads
+    from yolo_prune.measurement.measure import default_threads
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or default_threads())
@@ -405,7 +405,7 @@ def compare_latency(
     import numpy as np
     import onnxruntime as ort
 
-    from yolo_prune.measure import default_threads
+    from yolo_prune.measurement.measure import default_threads
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or default_threads())
@@ -486,9 +486,9 @@ def run_study(out: Path, data: str, targets: tuple[int, ...], quick: bool = Fals
     """
     from ultralytics.data.utils import check_det_dataset
 
-    from yolo_prune.checkpoint import save_checkpoint
-    from yolo_prune.data import ensure_offline_font, resolve_data
-    from yolo_prune.trainer import PrunedDetectionTrainer
+    from yolo_prune.data.shapes import ensure_offline_font, resolve_data
+    from yolo_prune.integration.checkpoint import save_checkpoint
+    from yolo_prune.integration.trainer import PrunedDetectionTrainer
 
     ensure_offline_font()
     data_yaml = resolve_data(data)
@@ -606,7 +606,7 @@ def measure(
     Returns:
         (Path): The bench run folder at the study image size.
     """
-    from yolo_prune.bench import run_bench
+    from yolo_prune.measurement.bench import run_bench
 
     t0 = time.perf_counter()
     names = [n for n in model_names(tuple(record["targets"])) if n in record["models"]]

@@ -26,7 +26,7 @@ def cut(yaml: str, **kwargs) -> str:
     from ultralytics import YOLO
 
     from yolo_prune import prune
-    from yolo_prune.measure import count_gflops
+    from yolo_prune.measurement.measure import count_gflops
 
     base = YOLO(yaml)
     pruned = prune(base, ratio=0.5, verbose=False, **kwargs)

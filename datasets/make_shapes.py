@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # use this checkout's yolo_prune when run from the repo
 
-from yolo_prune.data import make_shapes_dataset  # noqa: E402
+from yolo_prune.data.shapes import make_shapes_dataset  # noqa: E402
 
 __all__ = ["main"]
 

@@ -33,8 +33,8 @@ import torch_pruning as tp  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
 
-from yolo_prune.checkpoint import save_checkpoint  # noqa: E402
-from yolo_prune.data import CACHE_ENV, GENERATOR_VERSION, ensure_offline_font, make_shapes_dataset  # noqa: E402
+from yolo_prune.data.shapes import CACHE_ENV, GENERATOR_VERSION, ensure_offline_font, make_shapes_dataset  # noqa: E402
+from yolo_prune.integration.checkpoint import save_checkpoint  # noqa: E402
 
 ensure_offline_font()  # otherwise every check_det_dataset() waits 3 s on a HEAD request to github.com
 SEED = 0
@@ -209,7 +209,7 @@ def _trained_key() -> str:
     """Cache key: everything that changes the trained weights (recipe, data, generator code and library versions)."""
     import ultralytics
 
-    from yolo_prune import data as data_module
+    from yolo_prune.data import shapes as data_module
 
     generator = hashlib.sha256(Path(data_module.__file__).read_bytes()).hexdigest()
     parts = [TRAINED_DATA, TRAINED_RECIPE, GENERATOR_VERSION, generator, ultralytics.__version__, torch.__version__]

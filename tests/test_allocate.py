@@ -7,8 +7,8 @@ import json
 import pytest
 
 from yolo_prune import prune
-from yolo_prune.allocate import LayerCurve, allocate, choose_ratios, curves_from_sensitivity
-from yolo_prune.hardware import auto_round_to, padded_macs
+from yolo_prune.measurement.hardware import auto_round_to, padded_macs
+from yolo_prune.policy.allocate import LayerCurve, allocate, choose_ratios, curves_from_sensitivity
 
 
 def macs(model, imgsz: int) -> float:
@@ -129,7 +129,7 @@ def test_model_fingerprint_is_exact_and_thread_independent() -> None:
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_prune.sensitivity import model_fingerprint
+    from yolo_prune.policy.sensitivity import model_fingerprint
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", verbose=False)

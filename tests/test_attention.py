@@ -14,8 +14,8 @@ from ultralytics.nn.modules import Attention
 from ultralytics.nn.modules.block import AAttn
 
 from yolo_prune import prune, save_checkpoint
-from yolo_prune.heads import check_heads, head_scores, remove_heads
-from yolo_prune.measure import count_gflops
+from yolo_prune.measurement.measure import count_gflops
+from yolo_prune.rules.attention import check_heads, head_scores, remove_heads
 
 # yaml -> the top-level blocks that hold its attention modules
 VARIANTS = {
@@ -259,7 +259,7 @@ def test_other_modes_prune_heads_consistently(options):
 
 def test_bad_attention_option_is_one_line():
     """Catches: an unknown ``attention`` value pruning anyway, or a traceback instead of one line."""
-    from yolo_prune.pipeline import parse_prune_args
+    from yolo_prune.integration.pipeline import parse_prune_args
 
     for call in (
         lambda: prune("yolo11n.yaml", ratio=0.5, attention="half", verbose=False),

@@ -1,4 +1,4 @@
-"""Tests for yolo_prune.bench: a full bench run on two tiny models, failures included."""
+"""Tests for yolo_prune.measurement.bench: a full bench run on two tiny models, failures included."""
 
 import os
 
@@ -13,8 +13,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from yolo_prune.bench import BENCH_DEFAULTS, parse_bench_args, run_bench  # noqa: E402
-from yolo_prune.cli import main  # noqa: E402
+from yolo_prune.integration.cli import main  # noqa: E402
+from yolo_prune.measurement.bench import BENCH_DEFAULTS, parse_bench_args, run_bench  # noqa: E402
 
 IMGSZ = 64
 

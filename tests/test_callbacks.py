@@ -1,4 +1,5 @@
-"""Tests for yolo_prune.callbacks: sparse training and progressive pruning inside a plain ``model.train()``."""
+"""Tests for yolo_prune.integration.callbacks: sparse training and progressive pruning inside a plain
+``model.train()``."""
 
 import os
 
@@ -16,9 +17,9 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file  # noqa: E402
 from ultralytics.utils.patches import torch_load  # noqa: E402
 
-from yolo_prune.callbacks import PROGRESS_ATTR, PruneCallback  # noqa: E402
-from yolo_prune.measure import count_params  # noqa: E402
-from yolo_prune.trainer import PrunedDetectionTrainer  # noqa: E402
+from yolo_prune.integration.callbacks import PROGRESS_ATTR, PruneCallback  # noqa: E402
+from yolo_prune.integration.trainer import PrunedDetectionTrainer  # noqa: E402
+from yolo_prune.measurement.measure import count_params  # noqa: E402
 
 TRAIN = {
     "imgsz": 64,

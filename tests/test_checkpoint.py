@@ -1,4 +1,5 @@
-"""Tests for yolo_prune.checkpoint: loading YOLO models and saving pruned ones as stock Ultralytics checkpoints."""
+"""Tests for yolo_prune.integration.checkpoint: loading YOLO models and saving pruned ones as stock Ultralytics
+checkpoints."""
 
 import os
 
@@ -17,8 +18,8 @@ import torch  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
-from yolo_prune.checkpoint import load_yolo, save_checkpoint  # noqa: E402
-from yolo_prune.measure import count_params  # noqa: E402
+from yolo_prune.integration.checkpoint import load_yolo, save_checkpoint  # noqa: E402
+from yolo_prune.measurement.measure import count_params  # noqa: E402
 
 
 def test_load_yolo_accepts_yolo_checkpoint_and_yaml(pruned_v5_ckpt):

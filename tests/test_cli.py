@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from yolo_prune import __version__
-from yolo_prune.cli import main
+from yolo_prune.integration.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["epochs=1", "imgsz=64", "batch=8", "workers=0", "plots=False", "runs=2", "warmup=1", "allocation=uniform"]
@@ -23,7 +23,7 @@ def yolo_prune(*args: str, cwd: Path | None = None, timeout: int = 300) -> subpr
     """Run the console script through the current interpreter (same venv), offline."""
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     env.pop("YOLO_PRUNE_DEBUG", None)
-    cmd = [sys.executable, "-c", "from yolo_prune.cli import entrypoint; entrypoint()", *args]
+    cmd = [sys.executable, "-c", "from yolo_prune.integration.cli import entrypoint; entrypoint()", *args]
     return subprocess.run(cmd, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,9 +13,9 @@ from ultralytics.nn.modules.block import AAttn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_prune import prune, save_checkpoint
-from yolo_prune.checkpoint import load_yolo
-from yolo_prune.cli import main
-from yolo_prune.compat import aattn_qkv_order
+from yolo_prune.integration.checkpoint import load_yolo
+from yolo_prune.integration.cli import main
+from yolo_prune.integration.compat import aattn_qkv_order
 
 IMGSZ = 64
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_prune import data as data_module
-from yolo_prune.data import BUILTIN_DATASETS, CLASS_NAMES, ensure_offline_font, make_shapes_dataset, resolve_data
+from yolo_prune.data import shapes as data_module
+from yolo_prune.data.shapes import BUILTIN_DATASETS, CLASS_NAMES, ensure_offline_font, make_shapes_dataset, resolve_data
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"n_train": 6, "n_val": 3, "imgsz": 96}
@@ -109,7 +109,7 @@ def start_generation(root: Path) -> subprocess.Popen:
     """
     code = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from yolo_prune.data import make_shapes_dataset; "
+        "from yolo_prune.data.shapes import make_shapes_dataset; "
         "make_shapes_dataset(sys.argv[1], n_train=20000, n_val=0, imgsz=64)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from yolo_prune.demo import check_demo_args
+from yolo_prune.integration.demo import check_demo_args
 
 
 def test_demo_args() -> None:
@@ -28,7 +28,7 @@ def test_demo_args() -> None:
 def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     """``yolo-prune demo fast=True`` trains a baseline, prunes it and writes the report; a rerun reuses the cache."""
     env = {**os.environ, "YOLO_OFFLINE": "1"}  # YOLO_PRUNE_DATASETS points at the session's temporary cache
-    cmd = [sys.executable, "-c", "from yolo_prune.cli import entrypoint; entrypoint()", "demo", "fast=True"]
+    cmd = [sys.executable, "-c", "from yolo_prune.integration.cli import entrypoint; entrypoint()", "demo", "fast=True"]
     result = subprocess.run(
         [*cmd, f"project={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

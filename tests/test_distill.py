@@ -1,4 +1,4 @@
-"""Distillation from the unpruned model and the sparse-training stage of `yolo_prune.pipeline.run_prune`."""
+"""Distillation from the unpruned model and the sparse-training stage of `yolo_prune.integration.pipeline.run_prune`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_prune.pipeline import parse_prune_args, run_prune
-from yolo_prune.trainer import PrunedDetectionTrainer
+from yolo_prune.integration.pipeline import parse_prune_args, run_prune
+from yolo_prune.integration.trainer import PrunedDetectionTrainer
 
 QUICK = {
     "imgsz": 64,
@@ -159,7 +159,7 @@ def test_sparse_stage_lowers_group_norms(mode, teacher_nc6, tiny_data, tmp_path)
     Mutations caught: the penalty (either mode) not reaching the trainer (both runs end with the same norms), group
     slices mapped onto the wrong parameters, or the pruned model taken from the input instead of the sparse one.
     """
-    from yolo_prune.sparsity import channel_groups, group_norms
+    from yolo_prune.policy.sparsity import channel_groups, group_norms
 
     def load(run: Path) -> torch.nn.Module:
         return torch.load(run / "sparse" / "weights" / "last.pt", weights_only=False)["model"].float()
@@ -188,7 +188,7 @@ def test_group_lasso_gradient_shrinks_every_group_slice() -> None:
     Mutations caught: twin halves mapped with the wrong offset (index errors or norms that grow), the head's fixed
     output convs penalised, or tracing the model itself (its ``cv1`` parameters would be replaced mid-training).
     """
-    from yolo_prune.sparsity import add_group_lasso_gradient, channel_groups, group_norms
+    from yolo_prune.policy.sparsity import add_group_lasso_gradient, channel_groups, group_norms
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=6, verbose=False)

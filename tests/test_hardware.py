@@ -1,5 +1,6 @@
-"""`yolo_prune.hardware`: round_to="auto", MACs padded to the channel block, the per-conv latency table, and the
-latency target that uses it (`prune(target_latency=..., sensitivity=...)`, `yolo-prune prune target_latency=...`)."""
+"""`yolo_prune.measurement.hardware`: round_to="auto", MACs padded to the channel block, the per-conv latency table, and
+the latency target that uses it (`prune(target_latency=..., sensitivity=...)`, `yolo-prune prune
+target_latency=...`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import nn
 from ultralytics import YOLO
 
 from yolo_prune import prune
-from yolo_prune.hardware import (
+from yolo_prune.integration.pipeline import parse_prune_args
+from yolo_prune.measurement.hardware import (
     ConvSpec,
     LatencyTable,
     auto_round_to,
@@ -21,7 +23,6 @@ from yolo_prune.hardware import (
     padded_macs,
     resolve_round_to,
 )
-from yolo_prune.pipeline import parse_prune_args
 
 
 def _widths(model: nn.Module) -> list[int]:

@@ -7,8 +7,8 @@ import torch
 from ultralytics import YOLO
 
 from yolo_prune import prune
-from yolo_prune.importance import GRADIENT_METHODS, IMPORTANCE_METHODS, collect_gradients, needs_gradients
-from yolo_prune.prune import prune_detection_model
+from yolo_prune.policy.importance import GRADIENT_METHODS, IMPORTANCE_METHODS, collect_gradients, needs_gradients
+from yolo_prune.policy.prune import prune_detection_model
 
 IMGSZ = 64
 
@@ -65,8 +65,8 @@ def test_twin_halves_get_their_own_gradient_slices():
     Mutation caught: swapping the halves in ``_slice_twin_gradients`` (``_cv1a`` given rows ``c:2c``) or giving both
     halves the same slice; an end-to-end "taylor differs from l2" check passes either way.
     """
-    from yolo_prune.prune import _slice_twin_gradients
-    from yolo_prune.rules import prepare_for_tracing
+    from yolo_prune.policy.prune import _slice_twin_gradients
+    from yolo_prune.rules.blocks import prepare_for_tracing
 
     model = YOLO("yolov8n.yaml").model
     for p in model.parameters():

@@ -1,4 +1,4 @@
-"""Tests for yolo_prune.measure: counts, latency, ONNX export and validation on tiny models."""
+"""Tests for yolo_prune.measurement.measure: counts, latency, ONNX export and validation on tiny models."""
 
 import os
 
@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from yolo_prune.measure import (  # noqa: E402
+from yolo_prune.measurement.measure import (  # noqa: E402
     count_gflops,
     count_params,
     export_onnx,

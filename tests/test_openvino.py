@@ -1,5 +1,5 @@
-"""OpenVINO: the ``openvino`` latency backend, INT8 as the last step (`yolo_prune.quantize`) and one-line errors when
-the optional packages are missing (simulated in a subprocess, the real import machinery refusing them)."""
+"""OpenVINO: the ``openvino`` latency backend, INT8 as the last step (`yolo_prune.measurement.quantize`) and one-line
+errors when the optional packages are missing (simulated in a subprocess, the real import machinery refusing them)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo_prune.bench import parse_bench_args, run_bench
-from yolo_prune.cli import main
-from yolo_prune.measure import (
+from yolo_prune.integration.cli import main
+from yolo_prune.integration.pipeline import parse_prune_args
+from yolo_prune.measurement.bench import parse_bench_args, run_bench
+from yolo_prune.measurement.measure import (
     OPENVINO_MISSING,
     count_params,
     export_openvino,
@@ -25,8 +26,7 @@ from yolo_prune.measure import (
     openvino_size_mb,
     resolve_backends,
 )
-from yolo_prune.pipeline import parse_prune_args
-from yolo_prune.quantize import measure_int8
+from yolo_prune.measurement.quantize import measure_int8
 
 needs_openvino = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
@@ -76,9 +76,9 @@ MISSING_CHILD = textwrap.dedent(
     import json, sys
     for name in sys.argv[1].split(","):
         sys.modules[name] = None  # what an uninstalled package looks like to 'import': ImportError
-    from yolo_prune.cli import main
-    from yolo_prune.measure import measure_openvino_latency, resolve_backends
-    from yolo_prune.targets import check_backend
+    from yolo_prune.integration.cli import main
+    from yolo_prune.measurement.measure import measure_openvino_latency, resolve_backends
+    from yolo_prune.policy.targets import check_backend
 
     out = {"resolve": resolve_backends("torch,openvino")}
     for key, call in {
@@ -249,7 +249,7 @@ def test_prune_int8_rows_and_failure_exit_code(tiny_data, tmp_path: Path, capsys
 def test_latency_target_meter_on_openvino(tiny_models) -> None:
     """``prune(target_latency=..., backend="openvino")`` measures candidates through an OpenVINO export: a narrower
     network costs less (a real measurement, not a constant), and the given module is left as it was."""
-    from yolo_prune.targets import check_backend, cost_meter
+    from yolo_prune.policy.targets import check_backend, cost_meter
 
     assert check_backend("OpenVINO") == "openvino"
     meter = cost_meter("latency", imgsz=160, backend="openvino", runs=15, warmup=3, threads=1)

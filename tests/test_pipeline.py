@@ -1,4 +1,4 @@
-"""`yolo_prune.pipeline`: argument checks, the step schedule and the max_map_drop budget."""
+"""`yolo_prune.integration.pipeline`: argument checks, the step schedule and the max_map_drop budget."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from ultralytics import YOLO
 
-from yolo_prune import pipeline
-from yolo_prune.measure import count_params, new_row
-from yolo_prune.pipeline import PRUNE_DEFAULTS, budget_exceeded, parse_prune_args, run_prune, step_ratio
+from yolo_prune.integration import pipeline
+from yolo_prune.integration.pipeline import PRUNE_DEFAULTS, budget_exceeded, parse_prune_args, run_prune, step_ratio
+from yolo_prune.measurement.measure import count_params, new_row
 
 QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
 
@@ -175,8 +175,8 @@ def test_device_defaults_to_what_ultralytics_picks(monkeypatch: pytest.MonkeyPat
     import torch
 
     from yolo_prune import prune
-    from yolo_prune.bench import BENCH_DEFAULTS, parse_bench_args
-    from yolo_prune.sensitivity import SENSITIVITY_DEFAULTS, run_sensitivity
+    from yolo_prune.measurement.bench import BENCH_DEFAULTS, parse_bench_args
+    from yolo_prune.policy.sensitivity import SENSITIVITY_DEFAULTS, run_sensitivity
 
     assert PRUNE_DEFAULTS["device"] is BENCH_DEFAULTS["device"] is SENSITIVITY_DEFAULTS["device"] is None
     for function in (prune, run_sensitivity):

@@ -254,8 +254,8 @@ def test_pruning_restores_requires_grad_and_training_mode():
     Mutations caught: leaving every parameter at ``requires_grad=True`` after pruning; restoring
     ``model.train(was_training)`` outside the ``finally`` (the failing call below would leave the model in eval mode).
     """
-    from yolo_prune.importance import get_importance
-    from yolo_prune.prune import prune_detection_model
+    from yolo_prune.policy.importance import get_importance
+    from yolo_prune.policy.prune import prune_detection_model
 
     model = YOLO("yolov8n.yaml").model
     model.model[0].conv.weight.requires_grad_(False)  # a user-frozen layer
@@ -279,7 +279,7 @@ def test_heavy_pruning_without_fine_tuning_lowers_the_measured_map(trained_detec
     Mutation caught: ``prune`` returning the unpruned copy (or pruning a copy that is not returned): the mAP would
     stay at the baseline.
     """
-    from yolo_prune.measure import validate
+    from yolo_prune.measurement.measure import validate
 
     t = trained_detector
     pruned = prune(str(t.model), ratio=0.5, verbose=False)

@@ -1,4 +1,5 @@
-"""Tests for yolo_prune.report: ratios against the baseline and the written files (plain-dict rows, no models)."""
+"""Tests for yolo_prune.measurement.report: ratios against the baseline and the written files (plain-dict rows, no
+models)."""
 
 import csv
 import json
@@ -6,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from yolo_prune.measure import new_row
-from yolo_prune.report import backends_in, compare_to_baseline, format_table, machine_info, write_atomic, write_report
+from yolo_prune.measurement.measure import new_row
+from yolo_prune.measurement.report import (
+    backends_in,
+    compare_to_baseline,
+    format_table,
+    machine_info,
+    write_atomic,
+    write_report,
+)
 
 
 def make_rows(with_map: bool = True) -> list[dict]:
@@ -120,7 +128,7 @@ def test_reports_are_written_atomically(tmp_path, monkeypatch):
     Mutations caught: writing reports in place (``Path.write_text``: a failed write truncates the old file); leaving
     the temporary file when the write fails.
     """
-    from yolo_prune import report
+    from yolo_prune.measurement import report
 
     target = tmp_path / "report.md"
     write_atomic(target, "old report\n")

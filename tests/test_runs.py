@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_prune.checkpoint import load_yolo
-from yolo_prune.cli import main, unmeasured
-from yolo_prune.pipeline import check_output_folder, run_prune
-from yolo_prune.report import write_report
+from yolo_prune.integration.checkpoint import load_yolo
+from yolo_prune.integration.cli import main, unmeasured
+from yolo_prune.integration.pipeline import check_output_folder, run_prune
+from yolo_prune.measurement.report import write_report
 
 QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 1, "warmup": 1}
 
@@ -101,7 +101,7 @@ def _start_prune(model: Path, data: str, project: Path, epochs: int) -> subproce
     """Start ``yolo-prune prune`` in a child process (its own process group, so signals reach only it)."""
     args = [f"model={model}", f"data={data}", f"project={project}", f"epochs={epochs}"]
     args += [f"{k}={v}" for k, v in {**QUICK, "batch": 4}.items()]
-    cmd = [sys.executable, "-c", "from yolo_prune.cli import entrypoint; entrypoint()", "prune", *args]
+    cmd = [sys.executable, "-c", "from yolo_prune.integration.cli import entrypoint; entrypoint()", "prune", *args]
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -119,7 +119,7 @@ RESUME = textwrap.dedent(
     """
     import sys
     from ultralytics import YOLO
-    from yolo_prune.trainer import PrunedDetectionTrainer
+    from yolo_prune.integration.trainer import PrunedDetectionTrainer
 
     YOLO(sys.argv[1]).train(resume=True, trainer=PrunedDetectionTrainer)
     """
@@ -185,7 +185,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     from ultralytics import YOLO
-    from yolo_prune.checkpoint import save_checkpoint
+    from yolo_prune.integration.checkpoint import save_checkpoint
 
     yolo = YOLO("yolov8s.yaml")  # about 45 MB in FP32: each write takes a while
     for i in range(1000):

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from yolo_prune import prune
-from yolo_prune.sensitivity import SENSITIVITY_DEFAULTS, layer_ratios, run_sensitivity
+from yolo_prune.policy.sensitivity import SENSITIVITY_DEFAULTS, layer_ratios, run_sensitivity
 
 
 def test_sensitivity_writes_its_files(tiny_data, tmp_path):

@@ -7,8 +7,8 @@ import torch
 from ultralytics import YOLO
 
 from yolo_prune import prune
-from yolo_prune.hardware import auto_round_to, padded_macs
-from yolo_prune.targets import check_target
+from yolo_prune.measurement.hardware import auto_round_to, padded_macs
+from yolo_prune.policy.targets import check_target
 
 
 def macs(model, imgsz: int) -> float:
@@ -63,7 +63,7 @@ def test_target_search_returns_a_model_that_meets_the_target(base, monkeypatch):
     Mutations caught: ``achieved`` reported as the target (or from another probe) instead of the returned model's
     measured cost; accepting a probe above the target; returning a candidate other than the best one that met it.
     """
-    from yolo_prune import targets
+    from yolo_prune.policy import targets
 
     def params(module: torch.nn.Module) -> float:
         return float(sum(p.numel() for p in module.parameters()))
@@ -86,7 +86,7 @@ def test_latency_runs_and_threads_renamed_to_the_cli_names(base, monkeypatch):
     dropped, or mapped to the wrong new name (runs <-> threads); an old name accepted without a FutureWarning; old and
     new given together silently picking one of them.
     """
-    from yolo_prune import targets
+    from yolo_prune.policy import targets
 
     seen: list[dict] = []
 
@@ -188,7 +188,7 @@ def test_search_ratio_reports_the_measured_cost_at_target_one():
 
     Mutation caught: hard-coding ``achieved=1.0`` for target 1.0 (the scripted cost says 0.8).
     """
-    from yolo_prune.targets import search_ratio
+    from yolo_prune.policy.targets import search_ratio
 
     module = torch.nn.Linear(1, 1)
     search, got = search_ratio(lambda r: module, lambda m: 8.0, base_cost=10.0, target=1.0, verbose=False)

@@ -17,16 +17,16 @@ from ultralytics import YOLO
 from ultralytics.nn.modules import Classify
 
 from yolo_prune import prune
-from yolo_prune.checkpoint import load_yolo
-from yolo_prune.cli import main
-from yolo_prune.data import resolve_data
-from yolo_prune.importance import get_importance
-from yolo_prune.measure import count_gflops
-from yolo_prune.pipeline import run_prune
-from yolo_prune.prune import _shapes, prune_detection_model
-from yolo_prune.task_data import KPT_SHAPE, TASK_CLASS_NAMES, TASK_DATASETS
-from yolo_prune.tasks import HEADS, TASKS, task_of, trainer_for
-from yolo_prune.trainer import PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+from yolo_prune.data.shapes import resolve_data
+from yolo_prune.data.task_shapes import KPT_SHAPE, TASK_CLASS_NAMES, TASK_DATASETS
+from yolo_prune.integration.checkpoint import load_yolo
+from yolo_prune.integration.cli import main
+from yolo_prune.integration.pipeline import run_prune
+from yolo_prune.integration.trainer import PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+from yolo_prune.measurement.measure import count_gflops
+from yolo_prune.policy.importance import get_importance
+from yolo_prune.policy.prune import _shapes, prune_detection_model
+from yolo_prune.rules.tasks import HEADS, TASKS, task_of, trainer_for
 
 DATA = {"segment": "shapes-seg.yaml", "pose": "shapes-pose.yaml", "obb": "shapes-obb.yaml"}
 # Every family that ships segment/pose/obb yamls, at its smallest scale (yolov9c-seg is the only v9 task yaml).
@@ -274,7 +274,7 @@ def test_prune_callback_prunes_a_pose_model_during_training(tmp_path):
     Catches: the callbacks tracing only detection heads (Pose26's sigma branch and flow model), or a pruned model that
     the pose loss or validator cannot run.
     """
-    from yolo_prune.callbacks import PruneCallback
+    from yolo_prune.integration.callbacks import PruneCallback
 
     path = tmp_path / "pose.pt"
     load_yolo("yolo26n-pose.yaml", nc=3, kpt_shape=list(KPT_SHAPE)).save(path)
@@ -292,7 +292,7 @@ def test_gradient_criteria_use_the_task_loss(name, method):
     """Taylor and Hessian scores come from the task's own loss on the task data (masks, keypoints, YOLO26's semantic
     masks and keypoint sigmas). Catches: calibration batches without the task's labels (KeyError in the loss) or a
     Pose26 head run without its training-only sigma branch."""
-    from yolo_prune.importance import collect_gradients
+    from yolo_prune.policy.importance import collect_gradients
 
     model = load_yolo(name, nc=3, kpt_shape=list(KPT_SHAPE)).model
     task = task_of(model)
@@ -311,7 +311,7 @@ def test_task_data_is_deterministic(tmp_path):
     """Same arguments, same bytes; an unknown task is refused. Catches: unseeded randomness in the generator."""
     import hashlib
 
-    from yolo_prune.task_data import make_task_dataset
+    from yolo_prune.data.task_shapes import make_task_dataset
 
     def digest(root: Path) -> dict[str, str]:
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "data.yaml")  # data.yaml holds its path

@@ -1,4 +1,5 @@
-"""Tests for yolo_prune.trainer: fine-tuning a pruned model keeps it pruned (train, resume, DDP hand-off)."""
+"""Tests for yolo_prune.integration.trainer: fine-tuning a pruned model keeps it pruned (train, resume, DDP
+hand-off)."""
 
 import os
 
@@ -14,9 +15,9 @@ from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import YAML  # noqa: E402
 from ultralytics.utils.patches import torch_load  # noqa: E402
 
-from yolo_prune.checkpoint import save_checkpoint  # noqa: E402
-from yolo_prune.measure import count_params  # noqa: E402
-from yolo_prune.trainer import PrunedDetectionTrainer  # noqa: E402
+from yolo_prune.integration.checkpoint import save_checkpoint  # noqa: E402
+from yolo_prune.integration.trainer import PrunedDetectionTrainer  # noqa: E402
+from yolo_prune.measurement.measure import count_params  # noqa: E402
 
 TINY = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "device": "cpu", "exist_ok": True}
 
@@ -107,12 +108,12 @@ def test_ddp_workers_receive_the_pruned_model(pruned_v5_ckpt, tiny_data, tmp_pat
 
     def inspect(state_file: Path) -> None:
         state = torch_load(state_file, map_location="cpu")
-        assert state["trainer"] is PrunedDetectionTrainer  # by reference: importable as yolo_prune.trainer
+        assert state["trainer"] is PrunedDetectionTrainer  # by reference: importable as yolo_prune.integration.trainer
         assert isinstance(state["model"], torch.nn.Module) and count_params(state["model"]) == pruned  # by value
 
     result = ddp_worker(PrunedDetectionTrainer(overrides=overrides), DDP_REPORT, inspect)
     assert result == {
-        "trainer": "yolo_prune.trainer.PrunedDetectionTrainer",
+        "trainer": "yolo_prune.integration.trainer.PrunedDetectionTrainer",
         "model": pruned,
         "ema": pruned,
         "epoch": 0,
@@ -148,7 +149,7 @@ def test_fine_tuning_recovers_the_map_lost_to_pruning(trained_detector, tmp_path
     pruned value); one that trains the unpruned network (the parameter count check).
     """
     from yolo_prune import prune
-    from yolo_prune.measure import validate
+    from yolo_prune.measurement.measure import validate
 
     t = trained_detector
     pruned = prune(str(t.model), ratio=0.5, verbose=False)

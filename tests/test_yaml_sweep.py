@@ -9,8 +9,8 @@ import torch
 import ultralytics
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from yolo_prune.importance import get_importance
-from yolo_prune.prune import _shapes, prune_detection_model
+from yolo_prune.policy.importance import get_importance
+from yolo_prune.policy.prune import _shapes, prune_detection_model
 
 MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
 OTHER_TASKS = ("-cls", "-seg", "-pose", "-obb", "-depth", "-sem")
@@ -112,7 +112,7 @@ def test_check_pruned_names_the_block_that_broke():
     with one line naming the layer. Catches: check_pruned not running a forward, or not checking widths."""
     import torch_pruning as tp
 
-    from yolo_prune.prune import check_pruned, reference_shapes
+    from yolo_prune.policy.prune import check_pruned, reference_shapes
 
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
     x = torch.zeros(1, 3, 64, 64)

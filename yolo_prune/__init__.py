@@ -9,20 +9,22 @@ Examples:
     >>> export_int8("pruned.pt", "data.yaml", imgsz=640, out_dir="int8")  # INT8 OpenVINO model as the last step
 """
 
-from .allocate import allocate, curves_from_sensitivity
-from .callbacks import PruneCallback
-from .checkpoint import load_yolo, save_checkpoint
-from .importance import IMPORTANCE_METHODS, get_importance
-from .prune import PruneStats, prune, prune_detection_model
-from .quantize import export_int8, measure_int8
-from .sensitivity import run_sensitivity
-from .tasks import TASKS, task_of, trainer_for
-from .trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+from .integration.callbacks import PruneCallback
+from .integration.checkpoint import load_yolo, save_checkpoint
+from .integration.trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+from .measurement.hardware import LatencyTable, auto_round_to, padded_macs
+from .measurement.quantize import export_int8, measure_int8
+from .policy.allocate import allocate, curves_from_sensitivity
+from .policy.importance import IMPORTANCE_METHODS, get_importance
+from .policy.prune import PruneStats, prune, prune_detection_model
+from .policy.sensitivity import run_sensitivity
+from .rules.tasks import TASKS, task_of, trainer_for
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "LatencyTable",
     "PruneCallback",
     "PruneStats",
     "PrunedDetectionTrainer",
@@ -31,11 +33,13 @@ __all__ = [
     "PrunedSegmentationTrainer",
     "TASKS",
     "allocate",
+    "auto_round_to",
     "curves_from_sensitivity",
     "export_int8",
     "get_importance",
     "load_yolo",
     "measure_int8",
+    "padded_macs",
     "prune",
     "prune_detection_model",
     "run_sensitivity",

@@ -93,7 +93,7 @@ def _prune(args: dict[str, Any], command: str) -> Path:
 
 def _bench(args: dict[str, Any], command: str) -> Path:
     """Run ``yolo-prune bench``."""
-    from .bench import parse_bench_args, run_bench
+    from ..measurement.bench import parse_bench_args, run_bench
 
     try:
         parsed = parse_bench_args(args)
@@ -117,7 +117,7 @@ def _demo(args: dict[str, Any], command: str) -> Path:
 
 
 def _sensitivity(args: dict[str, Any], command: str) -> Path:
-    """Run ``yolo-prune sensitivity`` when `yolo_prune.sensitivity` exists."""
+    """Run ``yolo-prune sensitivity`` when `yolo_prune.policy.sensitivity` exists."""
     sensitivity = _load_sensitivity()
     if sensitivity is None:
         raise CommandUnavailable("the sensitivity command is not available in this version of yolo-prune")
@@ -128,13 +128,14 @@ def _sensitivity(args: dict[str, Any], command: str) -> Path:
 
 
 def _load_sensitivity() -> Any:
-    """Import `yolo_prune.sensitivity`, or return None when the module is not there (errors inside it propagate)."""
+    """Import `yolo_prune.policy.sensitivity`, or return None when the module is not there (errors inside it
+    propagate)."""
     import importlib
 
     try:
-        return importlib.import_module("yolo_prune.sensitivity")
+        return importlib.import_module("yolo_prune.policy.sensitivity")
     except ModuleNotFoundError as e:
-        if e.name == "yolo_prune.sensitivity":
+        if e.name == "yolo_prune.policy.sensitivity":
             return None
         raise
 
@@ -176,8 +177,8 @@ def usage(command: str | None = None) -> str:
     Returns:
         (str): Usage with examples and defaults.
     """
-    from . import __version__
-    from .bench import BENCH_DEFAULTS
+    from .. import __version__
+    from ..measurement.bench import BENCH_DEFAULTS
     from .demo import DEMO_DEFAULTS
     from .pipeline import PRUNE_DEFAULTS
 
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(topic))
         return 0
     if argv[0] in {"version", "-v", "--version"}:
-        from . import __version__
+        from .. import __version__
 
         print(__version__)
         return 0
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if os.environ.get("YOLO_OFFLINE"):
-            from .data import ensure_offline_font
+            from ..data.shapes import ensure_offline_font
 
             ensure_offline_font()
         args = parse_key_values(tokens)

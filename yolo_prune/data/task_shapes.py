@@ -1,19 +1,19 @@
 """Built-in synthetic datasets for the segment, pose and obb tasks ("shapes-seg", "shapes-pose", "shapes-obb").
 
 Each image shows one to four filled quadrilaterals (``square``, ``rectangle``, ``kite``), randomly rotated, that never
-overlap and lie wholly inside the image, on the smooth background of the detection dataset (`yolo_prune.data`), so
-every label is exact:
+overlap and lie wholly inside the image, on the smooth background of the detection dataset (`yolo_prune.data.shapes`),
+so every label is exact:
 
 * segment: the polygon of the shape's four corners (``cls x1 y1 ... x4 y4``);
 * pose: the axis-aligned box and the four corners as keypoints, ``kpt_shape: [4, 3]``, ordered clockwise from the
   topmost corner, so a horizontal flip keeps the topmost one and reverses the rest (``flip_idx: [0, 3, 2, 1]``);
 * obb: the rotated box of the shape (``cv2.minAreaRect``) as four corner points (``cls x1 y1 ... x4 y4``).
 
-Like ``shapes.yaml`` they are generated on first use by `yolo_prune.data.resolve_data` (``data=shapes-seg.yaml``),
-deterministically and in well under a second for the default sizes.
+Like ``shapes.yaml`` they are generated on first use by `yolo_prune.data.shapes.resolve_data`
+(``data=shapes-seg.yaml``), deterministically and in well under a second for the default sizes.
 
 Examples:
-    >>> from yolo_prune.task_data import make_task_dataset
+    >>> from yolo_prune.data.task_shapes import make_task_dataset
     >>> yaml_path = make_task_dataset("my-seg", "segment", n_train=16, n_val=8, imgsz=128)
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 __all__ = ["TASK_CLASS_NAMES", "TASK_DATASETS", "make_task_dataset"]
 
 TASK_CLASS_NAMES = ("square", "rectangle", "kite")
-# name -> make_task_dataset() keyword arguments; resolved by yolo_prune.data.resolve_data like shapes.yaml
+# name -> make_task_dataset() keyword arguments; resolved by yolo_prune.data.shapes.resolve_data like shapes.yaml
 TASK_DATASETS: dict[str, dict] = {
     "shapes-seg.yaml": {"task": "segment", "n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},
     "shapes-pose.yaml": {"task": "pose", "n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},
@@ -66,7 +66,7 @@ def _clockwise_from_top(pts: np.ndarray) -> np.ndarray:
 
 def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draw one image; return it (uint8 BGR) and its objects as (class, corners in pixels ordered clockwise)."""
-    from .data import _background
+    from .shapes import _background
 
     img = _background(rng, size, clutter=False)
     placed: list[tuple[np.ndarray, float]] = []
@@ -132,7 +132,7 @@ def make_task_dataset(
     if task not in ("segment", "pose", "obb"):
         raise ValueError(f"unknown task '{task}' for a shapes dataset: use segment, pose or obb")
     root = Path(root).expanduser().resolve()
-    from .data import staged_dataset
+    from .shapes import staged_dataset
 
     with staged_dataset(root) as tmp:
         for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
@@ -147,7 +147,7 @@ def make_task_dataset(
                 lines = "".join(_label_line(task, c, p, imgsz) + "\n" for c, p in objects)
                 (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
         params = {"task": task, "n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
-        info = {"generator": "yolo_prune.task_data.make_task_dataset", "version": TASK_GENERATOR_VERSION}
+        info = {"generator": "yolo_prune.data.task_shapes.make_task_dataset", "version": TASK_GENERATOR_VERSION}
         (tmp / "generator.json").write_text(json.dumps({**info, "params": params}, indent=2) + "\n")
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(TASK_CLASS_NAMES))
         extra = f"kpt_shape: {list(KPT_SHAPE)}\nflip_idx: {list(FLIP_IDX)}\n" if task == "pose" else ""

@@ -2,8 +2,8 @@
 
 The allocator works on *layer curves*: for each top-level layer (a *stage*, ``model.model[i]``), the accuracy lost and
 the fraction of the model's cost saved when that layer alone is pruned at a few ratios. `curves_from_sensitivity`
-reads them from a sensitivity scan (``yolo_prune.sensitivity.run_sensitivity``; cost = MACs). The cost could equally
-be measured latency per layer: the allocator only sees numbers.
+reads them from a sensitivity scan (``yolo_prune.policy.sensitivity.run_sensitivity``; cost = MACs). The cost could
+equally be measured latency per layer: the allocator only sees numbers.
 
 Allocation is a multiple-choice knapsack (one ratio per layer, costs and losses from the curves). It is solved with a
 Lagrangian trade-off: for a price ``t`` (accuracy lost per unit of cost saved) every layer independently takes the
@@ -12,7 +12,7 @@ only a model (per-layer effects do not add up exactly), so the price is searched
 pruned network: bisection on ``log t`` until the real cost is at most the target and within a tolerance of it.
 
 Examples:
-    >>> from yolo_prune.allocate import curves_from_sensitivity
+    >>> from yolo_prune.policy.allocate import curves_from_sensitivity
     >>> curves = curves_from_sensitivity("runs/sensitivity/exp/sensitivity.json")
     >>> from yolo_prune import prune
     >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # uses `allocate`

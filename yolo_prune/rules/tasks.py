@@ -22,11 +22,11 @@ keypoints, keypoint sigmas, angle), the proto output conv and the semantic outpu
 models are refused in one line.
 
 Examples:
-    >>> from yolo_prune.tasks import task_of, trainer_for
+    >>> from yolo_prune.rules.tasks import task_of, trainer_for
     >>> task_of(YOLO("yolo11n-seg.yaml").model)
     'segment'
     >>> trainer_for("pose")
-    <class 'yolo_prune.trainer.PrunedPoseTrainer'>
+    <class 'yolo_prune.integration.trainer.PrunedPoseTrainer'>
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from ultralytics.nn.modules import OBB, Detect, Pose, Proto, Segment, v10Detect
 from ultralytics.nn.modules.block import Proto26
 from ultralytics.nn.modules.head import OBB26, Pose26, Segment26
 
-from .trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
+from ..integration.trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 
 if TYPE_CHECKING:
-    from .rules import TracingPlan
+    from .blocks import TracingPlan
 
 __all__ = ["HEAD_RULES", "HEADS", "TASKS", "Task", "check_head", "task_of", "trainer_for"]
 

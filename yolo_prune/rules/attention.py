@@ -8,7 +8,7 @@ positional conv ``pe`` on the values and a 1x1 ``proj`` back to the stream width
   back as ``(B, num_heads * head_dim, H, W)``: head ``h`` owns channels ``h * head_dim : (h + 1) * head_dim`` of
   ``pe`` and of ``proj``'s input. ``.view(B, C, H, W)`` takes ``C`` from the input, so the stream width must equal
   ``num_heads * head_dim``: removing heads means pruning the stream to that width too (done by the dependency graph,
-  see ``yolo_prune.rules``).
+  see ``yolo_prune.rules.blocks``).
 * ``AAttn`` views ``qkv`` as ``(B, N, num_heads, 3 * head_dim)``: head ``h`` owns rows ``h * s : (h + 1) * s`` with
   ``s = 3 * head_dim`` (query, key, value); the values are reshaped to ``all_head_dim`` channels, head ``h`` owning
   ``h * head_dim : (h + 1) * head_dim`` of ``pe`` and of ``proj``'s input. ``all_head_dim`` is stored, so the heads

@@ -15,11 +15,11 @@ from torch import nn
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
-from .args import renamed_kwargs
-from .checkpoint import load_yolo
-from .heads import check_attention, check_heads, head_scores, heads_to_keep, remove_heads, stream_tied
+from ..integration.args import renamed_kwargs
+from ..integration.checkpoint import load_yolo
+from ..rules.attention import check_attention, check_heads, head_scores, heads_to_keep, remove_heads, stream_tied
+from ..rules.blocks import TracingPlan, check_supported, prepare_for_tracing
 from .importance import collect_gradients, get_importance, needs_gradients
-from .rules import TracingPlan, check_supported, prepare_for_tracing
 
 __all__ = [
     "PruneStats",
@@ -295,10 +295,10 @@ def _plan_heads(
 ) -> tuple[list[tuple[nn.Module, list[int]]], dict[int, int]]:
     """Decide which heads each attention module of ``plan`` keeps, and the stream widths that this forces.
 
-    Every module keeps `yolo_prune.heads.heads_to_keep` of its heads at ``stage_ratio(module)``, the best by
-    `yolo_prune.heads.head_scores`. An ``Attention`` needs its stream (the group that prunes ``proj``'s output, and its
-    twins) at exactly ``heads * head_dim`` channels (its whole width when no head goes): all attention modules on one
-    stream keep the largest of their head counts, and none loses a head when that stream is not prunable.
+    Every module keeps `yolo_prune.rules.attention.heads_to_keep` of its heads at ``stage_ratio(module)``, the best by
+    `yolo_prune.rules.attention.head_scores`. An ``Attention`` needs its stream (the group that prunes ``proj``'s
+    output, and its twins) at exactly ``heads * head_dim`` channels (its whole width when no head goes): all attention
+    modules on one stream keep the largest of their head counts, and none loses a head when that stream is not prunable.
 
     Returns:
         ``[(module, head indices to keep)]`` for modules that lose heads, and ``{group index: width}`` for the streams.
@@ -374,7 +374,7 @@ def _pick_channels(
 
 
 def _apply_gradients(model: nn.Module, gradients: Mapping[str, torch.Tensor]) -> None:
-    """Write collected gradients onto ``param.grad`` (see ``yolo_prune.importance.collect_gradients``)."""
+    """Write collected gradients onto ``param.grad`` (see ``yolo_prune.policy.importance.collect_gradients``)."""
     for name, p in model.named_parameters():
         g = gradients.get(name)
         if g is None:
@@ -426,7 +426,7 @@ def prune_detection_model(
         model: The detection model (``YOLO(...).model``); changed in place.
         ratio: Fraction of the prunable channels to remove, in [0, 1): of every group (per-layer uniform), or of all
             groups together (``global_pruning``). With ``layer_ratios``, the ratio of the layers not listed there.
-        importance: A torch-pruning importance (see ``yolo_prune.importance.get_importance``).
+        importance: A torch-pruning importance (see ``yolo_prune.policy.importance.get_importance``).
         round_to: Kept widths are rounded to a multiple of this.
         min_channels: No group is cut below this width (default: ``round_to``).
         imgsz: Image size of the tracing input (default: twice the largest stride).
@@ -435,14 +435,14 @@ def prune_detection_model(
         layer_ratios: ``{index in model.model: ratio}`` for groups whose root conv lies in that top-level layer
             (``{4: 0.5}`` with ``ratio=0`` prunes layer 4 alone). Not combined with ``global_pruning``.
         gradients: ``{parameter name: gradient statistic}`` for gradient criteria (taylor, hessian), from
-            ``yolo_prune.importance.collect_gradients``; written onto ``param.grad`` (and sliced onto the temporary
-            twin convs) for the duration of the call.
+            ``yolo_prune.policy.importance.collect_gradients``; written onto ``param.grad`` (and sliced onto the
+            temporary twin convs) for the duration of the call.
         staggered: Per-layer-uniform mode only: give each group its own rounding threshold instead of rounding every
             kept width up. Widths stay multiples of ``round_to``, but they no longer all change at the same ratios,
             so the cost falls smoothly with ``ratio`` (the target searches use it).
         attention: ``heads`` (default): attention modules (``Attention``, ``AAttn``) lose whole heads at the ratio of
             their layer, and the stream around them is pruned; ``keep``: attention and its stream keep their widths.
-            See ``yolo_prune.rules``.
+            See ``yolo_prune.rules.blocks``.
 
     Returns:
         A ``PruneStats`` summary.
@@ -693,14 +693,14 @@ def _allocate(
     """Prune ``pruned.model`` in place with per-layer ratios allocated from ``curves`` to meet the cost target.
 
     Without a target (``wanted`` None), the target is the MACs that uniform pruning at ``ratio`` keeps. For a latency
-    target on a CPU, the cost is the latency predicted by a per-conv `yolo_prune.hardware.LatencyTable` (deterministic,
-    cached in ``measure["table"]``), the curves' savings are re-measured in that latency, and the final network is
-    then timed for real against the unpruned one (interleaved rounds).
-    Returns the `yolo_prune.allocate.Allocation`, the stats of the final pruning pass and what the latency model and
-    the final measurement found (empty for MACs).
+    target on a CPU, the cost is the latency predicted by a per-conv `yolo_prune.measurement.hardware.LatencyTable`
+    (deterministic, cached in ``measure["table"]``), the curves' savings are re-measured in that latency, and the final
+    network is then timed for real against the unpruned one (interleaved rounds).
+    Returns the `yolo_prune.policy.allocate.Allocation`, the stats of the final pruning pass and what the latency model
+    and the final measurement found (empty for MACs).
     """
+    from ..measurement.hardware import LatencyTable, compare_latency
     from .allocate import allocate
-    from .hardware import LatencyTable, compare_latency
     from .targets import cost_meter
 
     layer_options = {**options, "layer_ratios": None, "staggered": False}
@@ -791,18 +791,18 @@ def prune(
         method: Importance criterion: ``l1``, ``l2``, ``bn``, ``lamp``, ``fpgm``, ``taylor``, ``hessian``, ``random``
             (see ``IMPORTANCE_METHODS``). ``taylor`` and ``hessian`` need ``data``.
         round_to: Kept widths are rounded to a multiple of this. ``"auto"`` (default) picks the channel block of the
-            deployment target, `yolo_prune.hardware.auto_round_to` for ``backend`` and ``device``: 16 on a CPU with
-            AVX-512, 8 on other CPUs and on GPUs. The value used and why are in ``prune_info``.
+            deployment target, `yolo_prune.measurement.hardware.auto_round_to` for ``backend`` and ``device``: 16 on a
+            CPU with AVX-512, 8 on other CPUs and on GPUs. The value used and why are in ``prune_info``.
         min_channels: No group is cut below this width (default: ``round_to``).
         seed: Seed for random criteria.
         verbose: Log a one-line summary (and each target-search probe).
         global_pruning: Rank normalised channel scores across all groups (twins cut equally, frozen groups excluded)
             instead of removing ``ratio`` of every group; ``ratio`` is still the fraction of all prunable channels.
         max_ratio: With ``global_pruning``, the largest fraction removed from any one group, in (0, 1].
-        layer_ratios: ``{index in model.model: ratio}``, e.g. from ``yolo_prune.sensitivity.layer_ratios``.
+        layer_ratios: ``{index in model.model: ratio}``, e.g. from ``yolo_prune.policy.sensitivity.layer_ratios``.
         target_macs: Keep at most this fraction of the MACs, in (0, 1]; the ratio is searched. MACs are counted with
             channel counts padded up to the hardware's channel block (``prune_info["macs_block"]``; see
-            `yolo_prune.hardware.padded_macs`), so the target is on the work a blocked kernel executes.
+            `yolo_prune.measurement.hardware.padded_macs`), so the target is on the work a blocked kernel executes.
         target_latency: Keep at most this fraction of the latency on ``backend``/``device`` at ``imgsz``. With
             ``sensitivity`` on a CPU, a per-conv latency table of the backend predicts each candidate's latency
             (cached in ``latency_table``) and the final model is timed against the unpruned one in interleaved rounds
@@ -823,8 +823,8 @@ def prune(
             shared with other jobs); ``threads=`` of the CLI. The old name ``latency_threads`` still works, with a
             deprecation warning.
         sensitivity: Per-layer sensitivity results (``sensitivity.json``, its run folder, the dict, or a list of
-            ``yolo_prune.allocate.LayerCurve``; from ``yolo_prune.sensitivity.run_sensitivity``). Instead of removing
-            the same fraction of every layer, the layers' ratios are allocated from the measured curves
+            ``yolo_prune.policy.allocate.LayerCurve``; from ``yolo_prune.policy.sensitivity.run_sensitivity``). Instead
+            of removing the same fraction of every layer, the layers' ratios are allocated from the measured curves
             (``yolo_prune.allocate``) so that the target (or, with ``ratio``, the MACs that uniform pruning at
             ``ratio`` would keep) is met with the least predicted mAP loss.
         latency_table: JSON file caching the per-conv latency table of a latency target (reused when it was written
@@ -849,8 +849,8 @@ def prune(
         >>> pruned.save("yolo11n-pruned.pt")
         >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # measured allocation
     """
-    from .args import resolve_device
-    from .hardware import auto_round_to, resolve_round_to
+    from ..integration.args import resolve_device
+    from ..measurement.hardware import auto_round_to, resolve_round_to
     from .targets import check_backend, check_target, cost_meter, search_ratio
 
     device = resolve_device(device)

@@ -4,8 +4,8 @@ Magnitude-style criteria (``l1``, ``l2``, ``bn``, ``lamp``, ``fpgm``) and ``rand
 gradient criteria (``taylor``, ``hessian``) also read ``param.grad``; `collect_gradients` fills it from a few batches
 of the *training* split run through the model's real Ultralytics loss.
 
-Decision written down (gradients and the tracing window): the rules in ``yolo_prune.rules`` give some blocks a tracing
-forward in which ``cv1`` is replaced by two sliced copies (``_cv1a``/``_cv1b``), and the Detect head returns raw
+Decision written down (gradients and the tracing window): the rules in ``yolo_prune.rules.blocks`` give some blocks a
+tracing forward in which ``cv1`` is replaced by two sliced copies (``_cv1a``/``_cv1b``), and the Detect head returns raw
 per-level tensors, on which the Ultralytics loss cannot be computed. So gradients are collected with the real forward
 and loss *before* the tracing window opens, returned as a plain ``{parameter name: tensor}`` dict, and
 ``prune_detection_model(gradients=...)`` writes them onto ``param.grad`` and slices the ``cv1`` gradients onto the
@@ -13,7 +13,7 @@ temporary twin convs, exactly as their weights were sliced. Because the dict is 
 any number of deep copies (the target searches and the sensitivity scan prune many copies).
 
 Examples:
-    >>> from yolo_prune.importance import collect_gradients, get_importance
+    >>> from yolo_prune.policy.importance import collect_gradients, get_importance
     >>> grads = collect_gradients(model, "shapes.yaml", method="taylor", batches=4, imgsz=320)
     >>> prune_detection_model(model, 0.3, get_importance("taylor"), gradients=grads)
 """
@@ -93,7 +93,7 @@ def _calibration_batches(
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
-    from .data import resolve_data
+    from ..data.shapes import resolve_data
 
     info = check_det_dataset(resolve_data(data))
     task = getattr(model, "task", None) or "detect"  # segment/pose/obb datasets also load masks, keypoints, angles

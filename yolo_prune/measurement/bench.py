@@ -1,7 +1,7 @@
 """`yolo-prune bench`: measure several checkpoints side by side and write a report.
 
 Examples:
-    >>> from yolo_prune.bench import run_bench
+    >>> from yolo_prune.measurement.bench import run_bench
     >>> run_dir = run_bench(["yolov8n.pt", "pruned.pt"], data="coco8.yaml", imgsz=320, runs=20)
     >>> sorted(p.name for p in run_dir.iterdir())  # onnx/, pareto.png, report.json, report.md, results.csv, val/
     >>> run_bench(["best.pt", "pruned.pt"], data="data.yaml", int8=True)  # + rows best+int8, pruned+int8 (OpenVINO)
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .args import did_you_mean, is_none, rename_args, renamed_kwargs, resolve_device
+from ..integration.args import did_you_mean, is_none, rename_args, renamed_kwargs, resolve_device
 from .measure import measure_model, new_row
 from .report import format_table, write_report
 
@@ -140,7 +140,8 @@ def run_bench(
             old ``val_batch`` still works, with a deprecation warning).
         device (str, optional): Ultralytics device string; a GPU adds CUDA backends. None: the first GPU when there
             is one, else the CPU (as Ultralytics).
-        backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see `yolo_prune.measure.resolve_backends`).
+        backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see
+        `yolo_prune.measurement.measure.resolve_backends`).
         project (str | Path): Parent folder of runs.
         name (str): Run name; incremented (`exp`, `exp-2`, ...) so no run is overwritten.
         runs (int): Timed runs per backend.
@@ -148,8 +149,8 @@ def run_bench(
         latency_batch (int): Input batch of the latency measurements.
         threads (int, optional): CPU threads for latency; every usable core when None.
         command (str, optional): Command line to record in the report.
-        int8 (bool): Also quantize each model to an INT8 OpenVINO model (`yolo_prune.quantize.measure_int8`: NNCF,
-            calibrated on train images of ``data``) and add its row ``<name>+int8`` after the model's own row; a
+        int8 (bool): Also quantize each model to an INT8 OpenVINO model (`yolo_prune.measurement.quantize.measure_int8`:
+            NNCF, calibrated on train images of ``data``) and add its row ``<name>+int8`` after the model's own row; a
             failure is recorded in that row's ``errors``. Give ``openvino`` in ``backends`` to compare with FP32.
 
     Returns:
@@ -159,7 +160,7 @@ def run_bench(
     from ultralytics.utils.files import increment_path
 
     prefix = colorstr("bench: ")
-    from .pipeline import check_output_folder
+    from ..integration.pipeline import check_output_folder
 
     device = resolve_device(device)
     models = _split(models)

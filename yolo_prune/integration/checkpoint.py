@@ -6,7 +6,7 @@ the Python standard library, so stock Ultralytics loads, validates, predicts and
 imports ``yolo_prune``.
 
 Examples:
-    >>> from yolo_prune.checkpoint import load_yolo, save_checkpoint
+    >>> from yolo_prune.integration.checkpoint import load_yolo, save_checkpoint
     >>> yolo = load_yolo("yolo11n.yaml")  # random init; a YOLO object or a local .pt are accepted too
     >>> save_checkpoint(yolo, "pruned.pt", yolo_prune={"ratio": 0.5, "method": "l2"})
 """
@@ -38,7 +38,7 @@ from .compat import migrate_layouts
 __all__ = ["check_runs", "load_yolo", "save_checkpoint"]
 
 PREFIX = colorstr("yolo-prune: ")
-SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")  # the tasks of yolo_prune.tasks.TASKS
+SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")  # the tasks of yolo_prune.rules.tasks.TASKS
 EXPECTED_PT = "expected a .pt from YOLO.save(), training (best.pt/last.pt) or yolo_prune.save_checkpoint"
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # first record of a legacy (non-zip) torch.save file
@@ -70,8 +70,8 @@ def load_yolo(
     checkpoint, so the returned object owns a copy. A ``.pt`` path must exist locally: nothing is downloaded; its
     format is checked before anything is unpickled, so every damaged file (empty, truncated, random bytes, bad zip or
     CRC, pickle garbage, wrong object, missing modules) is refused with a one-line ``ValueError``. A model saved in an
-    older Ultralytics layout is migrated (see `yolo_prune.compat`), and the model must run one forward at a small
-    size. A yaml name builds a randomly initialised model. The input file is only read.
+    older Ultralytics layout is migrated (see `yolo_prune.integration.compat`), and the model must run one forward at a
+    small size. A yaml name builds a randomly initialised model. The input file is only read.
 
     Args:
         model (YOLO | str | Path | nn.Module): ``YOLO`` object, path to a ``.pt`` checkpoint, model yaml name or path,
@@ -222,7 +222,7 @@ def _yolo_from_checkpoint(name: str, shown: str | None = None) -> YOLO:
     The file's format is checked before anything is unpickled (a torch zip archive with intact CRCs, or a legacy torch
     file), so damaged files are refused with one line instead of whatever the unpickler raises on garbage
     (``MemoryError``, ``OverflowError``, ``UnicodeDecodeError``, ...). A model saved in an older Ultralytics layout is
-    migrated (`yolo_prune.compat`), then run once at a small size.
+    migrated (`yolo_prune.integration.compat`), then run once at a small size.
     """
     shown = shown or f"'{name}'"
     file = Path(name).expanduser()
@@ -434,6 +434,6 @@ def _importable(root: str) -> bool:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace`` (fsynced first)."""
-    from .report import write_atomic
+    from ..measurement.report import write_atomic
 
     write_atomic(path, data)

@@ -20,12 +20,12 @@ Resuming: an interrupted fine-tune leaves ``exp/step<k>/weights/last.pt`` (and a
 the fine-tune with the pruned trainer (the stock one would rebuild the unpruned network)::
 
     from ultralytics import YOLO
-    from yolo_prune.trainer import PrunedDetectionTrainer
+    from yolo_prune.integration.trainer import PrunedDetectionTrainer
 
     YOLO("runs/prune/exp/step1/weights/last.pt").train(resume=True, trainer=PrunedDetectionTrainer)
 
 Examples:
-    >>> from yolo_prune.pipeline import run_prune
+    >>> from yolo_prune.integration.pipeline import run_prune
     >>> run_dir = run_prune(model="best.pt", data="data.yaml", target_macs=0.5, epochs=10, imgsz=320, distill=True)
     >>> (run_dir / "weights" / "best.pt").is_file()
     True
@@ -76,7 +76,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "imgsz": 640,  # training, validation, GFLOPs and latency image size
     "batch": 16,  # training and validation batch size
     "device": None,  # None = as Ultralytics: the first GPU when there is one, else the CPU
-    "method": "l2",  # channel importance (yolo_prune.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, taylor, ...)
+    "method": "l2",  # channel importance (yolo_prune.policy.importance.IMPORTANCE_METHODS: l1, l2, bn, lamp, ...)
     "global_pruning": False,  # same as allocation=global (kept for compatibility)
     "round_to": "auto",  # kept widths are multiples of this; auto = the backend's channel block (16 on AVX-512)
     "attention": "heads",  # attention blocks (PSA, C2PSA, A2C2f): heads = remove whole heads, keep = leave intact
@@ -183,12 +183,12 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
-    from .hardware import resolve_round_to
-    from .heads import check_attention
-    from .importance import IMPORTANCE_METHODS
-    from .measure import resolve_backends
-    from .prune import check_ratio
-    from .targets import check_backend, check_target
+    from ..measurement.hardware import resolve_round_to
+    from ..measurement.measure import resolve_backends
+    from ..policy.importance import IMPORTANCE_METHODS
+    from ..policy.prune import check_ratio
+    from ..policy.targets import check_backend, check_target
+    from ..rules.attention import check_attention
 
     overrides = dict(overrides)
     train_args = {k: overrides.pop(k) for k in list(overrides) if k not in PRUNE_DEFAULTS and k in DEFAULT_CFG_DICT}
@@ -275,7 +275,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
     if args["int8"]:
-        from .quantize import check_int8_available
+        from ..measurement.quantize import check_int8_available
 
         check_int8_available()  # one line naming the missing pip packages
         if not any(b.strip().lower().startswith("openvino") for b in backends):
@@ -310,7 +310,7 @@ def latency_note(target: dict) -> str:
 
 def _check_scan_ratios(value: Any) -> tuple[float, ...]:
     """Return the sensitivity scan's ratios as a sorted tuple of numbers in (0, 1), or raise a one-line ValueError."""
-    from .sensitivity import check_ratios
+    from ..policy.sensitivity import check_ratios
 
     try:
         return tuple(check_ratios(value))
@@ -454,7 +454,7 @@ def _copy_atomic(src: Path, dst: Path) -> Path:
 
 def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir: Path) -> dict:
     """Measure one model (an in-memory module, so every row's size is the same FP16 ``YOLO.save`` convention)."""
-    from .measure import measure_model
+    from ..measurement.measure import measure_model
 
     row = measure_model(
         model,
@@ -478,7 +478,7 @@ def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args
     """Quantize the baseline and the final model to INT8 and measure both (failures go to each row's ``errors``)."""
     from ultralytics.utils import LOGGER, colorstr
 
-    from .quantize import measure_int8
+    from ..measurement.quantize import measure_int8
 
     rows = []
     for model, row in ((baseline, base_row), (final, final_row)):
@@ -510,7 +510,7 @@ def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dic
 def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, epochs: int) -> tuple[Path, Path]:
     """Run ``yolo.train`` with the pruned trainer of the model's task (`PrunedDetectionTrainer`,
     `PrunedSegmentationTrainer`, ...) into ``run_dir/name``; return its (best, last) checkpoints."""
-    from .tasks import trainer_for
+    from ..rules.tasks import trainer_for
 
     yolo.train(
         trainer=trainer_for(yolo.model),
@@ -560,8 +560,8 @@ def _sensitivity_curves(model: Any, run_dir: Path, args: dict) -> list:
     """
     from ultralytics.utils import LOGGER, colorstr
 
-    from .allocate import curves_from_sensitivity, read_sensitivity
-    from .sensitivity import model_fingerprint, run_sensitivity
+    from ..policy.allocate import curves_from_sensitivity, read_sensitivity
+    from ..policy.sensitivity import model_fingerprint, run_sensitivity
 
     if args["sensitivity"] is not None:
         results = read_sensitivity(args["sensitivity"])
@@ -631,13 +631,13 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
 
     Arguments are those of `PRUNE_DEFAULTS` plus any Ultralytics training argument (see `parse_prune_args`). The
     steps: (1) measure the baseline (mAP50-95, mAP50, params, GFLOPs, size, latency); (2) for each step, prune the
-    current model by `step_ratio` with ``yolo_prune.prune.prune``, save ``weights/pruned.pt`` at once (FP32), then
-    fine-tune it for ``epochs`` with the pruned trainer of its task (`PrunedDetectionTrainer`,
+    current model by `step_ratio` with ``yolo_prune.policy.prune.prune``, save ``weights/pruned.pt`` at once (FP32),
+    then fine-tune it for ``epochs`` with the pruned trainer of its task (`PrunedDetectionTrainer`,
     `PrunedSegmentationTrainer`, `PrunedPoseTrainer`, `PrunedOBBTrainer`) and measure it; with ``max_map_drop`` the
     schedule stops at the first step whose mAP50-95 falls more than that below the baseline, and the last step within
     the budget becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; with
     ``int8=True`` quantize the baseline and the final model to INT8 OpenVINO models
-    (`yolo_prune.quantize.measure_int8`) and add the rows ``baseline+int8`` and ``final+int8``; (4) write
+    (`yolo_prune.measurement.quantize.measure_int8`) and add the rows ``baseline+int8`` and ``final+int8``; (4) write
     ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
 
     Args:
@@ -659,11 +659,11 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.files import increment_path
 
+    from ..data.shapes import resolve_data
+    from ..measurement.measure import count_gflops
+    from ..measurement.report import format_table, write_report
+    from ..policy.prune import prune
     from .checkpoint import load_yolo, save_checkpoint
-    from .data import resolve_data
-    from .measure import count_gflops
-    from .prune import prune
-    from .report import format_table, write_report
 
     prefix = colorstr("prune: ")
     args = parse_prune_args(kwargs)
@@ -813,7 +813,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         trainer_last = run_dir / f"step{step}" / "weights" / "last.pt"
         if step and trainer_last.is_file() and (last_good is None or last_good.name == "pruned.pt"):
             last_good = trainer_last  # a fine-tune was running: its last epoch is newer than the pruned model
-        from .tasks import trainer_for
+        from ..rules.tasks import trainer_for
 
         raise PruneInterrupted(run_dir, last_good, trainer_for(baseline.model).__name__) from e
 
@@ -834,7 +834,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")
     if args["int8"]:
-        from .quantize import CALIBRATION_IMAGES
+        from ..measurement.quantize import CALIBRATION_IMAGES
 
         notes.append(
             "+int8 rows: OpenVINO INT8 (NNCF post-training quantization through the Ultralytics exporter, calibrated "

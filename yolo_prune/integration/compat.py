@@ -12,7 +12,7 @@ Known changes:
   into one conv; ``pe``, ``proj`` and the attention math are unchanged.
 
 Examples:
-    >>> from yolo_prune.compat import migrate_layouts
+    >>> from yolo_prune.integration.compat import migrate_layouts
     >>> changed = migrate_layouts(yolo.model)  # e.g. ["model.6.m.0.0.attn (AAttn qk+v -> qkv)"]
 """
 

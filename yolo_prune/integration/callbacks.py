@@ -43,9 +43,9 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from .importance import IMPORTANCE_METHODS, collect_gradients, get_importance, needs_gradients
-from .measure import count_params
-from .prune import check_ratio, prune_detection_model
+from ..measurement.measure import count_params
+from ..policy.importance import IMPORTANCE_METHODS, collect_gradients, get_importance, needs_gradients
+from ..policy.prune import check_ratio, prune_detection_model
 from .trainer import PrunedDetectionTrainer
 
 __all__ = ["PROGRESS_ATTR", "SPARSE_MODES", "SPARSE_SCHEDULES", "PruneCallback"]
@@ -72,19 +72,21 @@ class PruneCallback:
             (one-shot) of ``yolo-prune prune``, on purpose: a callback prunes during one training run, and several
             smaller cuts with training in between let the network recover from each (progressive pruning), whereas
             ``yolo-prune prune`` cuts once and then fine-tunes (its ``steps=k`` repeats prune + fine-tune k times).
-        method: Channel importance, a name of ``yolo_prune.importance.IMPORTANCE_METHODS`` (``l1``, ``l2``, ``bn`` =
-            BatchNorm scale, ...); gradient criteria (``taylor``, ``hessian``) run a few training batches per pass.
+        method: Channel importance, a name of ``yolo_prune.policy.importance.IMPORTANCE_METHODS`` (``l1``, ``l2``,
+            ``bn`` = BatchNorm scale, ...); gradient criteria (``taylor``, ``hessian``) run a few training batches per
+            pass.
         sparsity: Strength of the L1 penalty on BN scales, added to their gradients per optimizer step; ``0``
             disables sparse training.
         sparse: What the penalty acts on: ``"bn"`` (L1 on BatchNorm scales, network slimming) or ``"group"`` (L2,1 over
             the channels of each DepGraph group: a channel's conv filters, BN entries and every consumer's input
-            slices together, ``yolo_prune.sparsity``; about 0.1-0.4 s more per optimizer step on a CPU for an n model).
+            slices together, ``yolo_prune.policy.sparsity``; about 0.1-0.4 s more per optimizer step on a CPU for an n
+            model).
         sparse_schedule: ``constant``; ``linear`` (decays from ``sparsity`` towards 0); ``ramp`` (rises to
             ``sparsity``) over the sparse epochs.
         sparse_epochs: Number of epochs with the penalty, from epoch 0. Default: until the last pruning step, or the
             whole run when ``ratio=0``.
         round_to: Kept widths are rounded up to a multiple of this; ``"auto"`` (default) picks this CPU's channel
-            block (`yolo_prune.hardware.auto_round_to`: 16 with AVX-512, else 8).
+            block (`yolo_prune.measurement.hardware.auto_round_to`: 16 with AVX-512, else 8).
 
     Raises:
         ValueError: On a bad argument.
@@ -136,7 +138,7 @@ class PruneCallback:
                 f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}"
             )
         self.sparse_epochs = None if sparse_epochs is None else _non_negative_int(sparse_epochs, "sparse_epochs")
-        from .hardware import resolve_round_to
+        from ..measurement.hardware import resolve_round_to
 
         self.round_to = resolve_round_to(round_to, "onnx", "cpu").value
 
@@ -243,7 +245,7 @@ class PruneCallback:
         if trainer.resume and not isinstance(trainer, PrunedDetectionTrainer):
             model, _ = load_checkpoint(trainer.args.model)
             if getattr(model, PROGRESS_ATTR, {}).get("steps", 0):
-                from .tasks import trainer_for
+                from ..rules.tasks import trainer_for
 
                 raise RuntimeError(
                     f"'{trainer.args.model}' was pruned by PruneCallback; the stock trainer would rebuild it from "
@@ -318,7 +320,7 @@ class PruneCallback:
         if scaler is not None and scaler.is_enabled():
             strength *= scaler.get_scale()  # the gradients are still scaled; scaler.unscale_ divides this back
         if self.sparse == "group":
-            from .sparsity import add_group_lasso_gradient, channel_groups
+            from ..policy.sparsity import add_group_lasso_gradient, channel_groups
 
             model = unwrap_model(trainer.model)
             model = getattr(model, "student_model", model)  # a distillation wrapper: penalise the student

@@ -7,7 +7,7 @@ Ultralytics validator. `measure_model` combines them into one report row (a plai
 stage or backend is recorded under `errors` instead of being raised.
 
 Examples:
-    >>> from yolo_prune.measure import measure_model
+    >>> from yolo_prune.measurement.measure import measure_model
     >>> row = measure_model("best.pt", data="data.yaml", imgsz=320, out_dir="runs/bench/exp")
     >>> row["latency_ms"]  # {'torch_cpu': 12.3, 'onnx_cpu': 8.1}
     >>> measure_model("best.pt", backends="torch,onnx,openvino")["latency_ms"]  # adds 'openvino_cpu'
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_yolo  # the package's one checkpoint reader, re-exported for old imports
+from ..integration.checkpoint import load_yolo  # the package's one checkpoint reader, re-exported for old imports
 
 __all__ = [
     "ACCEPTED_BACKENDS",
@@ -458,11 +458,12 @@ def validate(
 
     ``map50_95`` and ``map50`` are always the box mAP, the main metric of every report and of ``max_map_drop`` (for
     an obb model the rotated-box mAP). A segment model adds ``map50_95_mask``/``map50_mask``, a pose model
-    ``map50_95_pose``/``map50_pose`` (see ``yolo_prune.tasks.TASKS``).
+    ``map50_95_pose``/``map50_pose`` (see ``yolo_prune.rules.tasks.TASKS``).
 
     Args:
         model_or_ckpt (str | Path | YOLO | nn.Module): Model to validate.
-        data (str): Dataset yaml, or a built-in name such as ``shapes-seg.yaml`` (see `yolo_prune.data.resolve_data`).
+        data (str): Dataset yaml, or a built-in name such as ``shapes-seg.yaml`` (see
+        `yolo_prune.data.shapes.resolve_data`).
         imgsz (int): Validation image size.
         batch (int): Validation batch size.
         device (str): Ultralytics device string.
@@ -471,7 +472,7 @@ def validate(
     Returns:
         (dict): `{"map50_95": float, "map50": float}`, plus the task's keys.
     """
-    from .data import resolve_data
+    from ..data.shapes import resolve_data
 
     data = resolve_data(data)
 
@@ -496,7 +497,7 @@ def metrics_row(metrics: Any, task: str | None) -> dict:
     Returns:
         (dict): ``{"map50_95": float, "map50": float}`` and, for segment or pose, the mask or pose mAP keys.
     """
-    from .tasks import TASKS
+    from ..rules.tasks import TASKS
 
     result = {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
     spec = TASKS.get(task or "detect")

@@ -13,7 +13,7 @@ Decisions written down:
   *twins*), then concatenated back into the stock ``cv1`` and ``c`` is updated.
 * Attention (``Attention`` in PSA/C2PSA/C3k2(attn), ``AAttn`` in A2C2f) loses whole heads by default
   (``attention="heads"``); ``attention="keep"`` leaves it intact as before. The two channel spaces of an attention
-  module are handled apart (layouts in ``yolo_prune.heads``):
+  module are handled apart (layouts in ``yolo_prune.rules.attention``):
 
   - the *stream* (``qkv``'s input, ``proj``'s output, and the residual around the block) is pruned by the dependency
     graph like any other channel group. The tracing forward is ``proj(bridge(qkv(x)))`` with a temporary 1x1
@@ -32,7 +32,7 @@ Decisions written down:
     and heads are pruned independently. Pruning the stream is needed for the gain: YOLO12n at ratio 0.5 lost 56 %
     of its MACs with attention kept, and at least 65 % with it pruned.
 * Heads (Detect, v10Detect, Segment, Pose, OBB and their YOLO26 variants) have their own rules in
-  ``yolo_prune.tasks`` (``HEAD_RULES``): hidden convs pruned, the last conv of every output branch frozen. DFL is
+  ``yolo_prune.rules.tasks`` (``HEAD_RULES``): hidden convs pruned, the last conv of every output branch frozen. DFL is
   never traced.
 * ADown chunks its input into two equal halves; the channels feeding it keep their width.
 * CBLinear/CBFuse (YOLOv9e) add fixed-size slices of one conv onto other branches; those widths are kept.
@@ -42,7 +42,7 @@ Decisions written down:
   ``yolo_prune.prune``), so no conv is left with fewer outputs than its consumers expect.
 * Grouped convs that are not depthwise are frozen (none appear in the stock detection yamls).
 
-A new block means one new entry in ``BLOCK_RULES``; a new head, one entry in ``yolo_prune.tasks.HEADS``.
+A new block means one new entry in ``BLOCK_RULES``; a new head, one entry in ``yolo_prune.rules.tasks.HEADS``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ from ultralytics.nn.modules import (
 )
 from ultralytics.nn.modules.block import AAttn, ABlock, C3k, PSABlock
 
-from .heads import check_attention
+from .attention import check_attention
 from .tasks import HEAD_RULES, check_head
 
 __all__ = ["BLOCK_RULES", "SUPPORTED_LAYERS", "TracingPlan", "check_supported", "prepare_for_tracing"]
@@ -384,8 +384,8 @@ SUPPORTED_LAYERS: tuple[type, ...] = (
 def check_supported(model: nn.Module) -> None:
     """Raise ``ValueError`` if ``model`` holds a top-level layer the rules do not know.
 
-    The head must be one of ``yolo_prune.tasks.HEADS`` (tasks detect, segment, pose and obb); a classify model or an
-    unknown head is refused in one line.
+    The head must be one of ``yolo_prune.rules.tasks.HEADS`` (tasks detect, segment, pose and obb); a classify model or
+    an unknown head is refused in one line.
 
     Args:
         model: An Ultralytics ``DetectionModel`` (or its ``SegmentationModel``, ``PoseModel``, ``OBBModel`` subclass).

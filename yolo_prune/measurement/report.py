@@ -1,11 +1,11 @@
 """Accuracy-against-cost reports shared by `yolo-prune prune` and `yolo-prune bench`.
 
-A report is a list of plain-dict rows (see `yolo_prune.measure.new_row`); the first row is the baseline. Every row is
-compared with it: `speedup` (baseline latency / latency, per backend), `macs_ratio` (baseline GFLOPs / GFLOPs) and
-`efficiency` (`speedup / macs_ratio`: how much of the MACs cut became real speed).
+A report is a list of plain-dict rows (see `yolo_prune.measurement.measure.new_row`); the first row is the baseline.
+Every row is compared with it: `speedup` (baseline latency / latency, per backend), `macs_ratio` (baseline GFLOPs /
+GFLOPs) and `efficiency` (`speedup / macs_ratio`: how much of the MACs cut became real speed).
 
 Examples:
-    >>> from yolo_prune.report import format_table, write_report
+    >>> from yolo_prune.measurement.report import format_table, write_report
     >>> files = write_report(rows, "runs/bench/exp", title="yolo-prune bench")
     >>> print(format_table(rows))
 """
@@ -143,7 +143,7 @@ def _fmt(x: Any, spec: str, suffix: str = "") -> str:
 
 
 # Task metrics next to the box mAP (`map50_95`/`map50`): report key -> column title. A column appears only when a
-# row has the key (segment rows have the mask mAP, pose rows the keypoint mAP; see yolo_prune.tasks.TASKS).
+# row has the key (segment rows have the mask mAP, pose rows the keypoint mAP; see yolo_prune.rules.tasks.TASKS).
 TASK_METRICS = {
     "map50_95_mask": "mask mAP50-95",
     "map50_mask": "mask mAP50",

@@ -2,15 +2,16 @@
 
 A *group* is what pruning removes together: one output channel of a conv with its BatchNorm entries and the input
 slices of every layer that consumes it (found by torch-pruning's dependency graph, the same graph
-``yolo_prune.prune.prune_detection_model`` prunes with). Penalising the L2 norm of each channel's whole group slice
-drives whole removable channels towards zero, which is what the group-norm pruner of torch-pruning does before pruning.
+``yolo_prune.policy.prune.prune_detection_model`` prunes with). Penalising the L2 norm of each channel's whole group
+slice drives whole removable channels towards zero, which is what the group-norm pruner of torch-pruning does before
+pruning.
 
 The groups are traced once (on temporary twin convs for the blocks that ``chunk`` their input, see
-``yolo_prune.rules``) and stored as ``(parameter name, dim, indices)`` slices of the real model, so the penalty is
-applied to the stock modules during training.
+``yolo_prune.rules.blocks``) and stored as ``(parameter name, dim, indices)`` slices of the real model, so the penalty
+is applied to the stock modules during training.
 
 Examples:
-    >>> from yolo_prune.sparsity import channel_groups, group_norms
+    >>> from yolo_prune.policy.sparsity import channel_groups, group_norms
     >>> groups = channel_groups(model)              # once, before training
     >>> add_group_lasso_gradient(model, groups, 1e-4)  # after backward(), before the optimizer step
 """
@@ -64,7 +65,7 @@ def channel_groups(model: nn.Module, imgsz: int | None = None) -> list[ChannelGr
     """
     import copy
 
-    from .rules import prepare_for_tracing
+    from ..rules.blocks import prepare_for_tracing
 
     # Trace a copy: joining the tracing convs back creates new Parameter objects, and a model in training must keep
     # the ones its optimizer and EMA hold. Parameter names are the same in the copy.

@@ -7,7 +7,7 @@ report row: mAP from the Ultralytics validator running the INT8 model, the size 
 latency. Both need the optional packages ``openvino`` and ``nncf`` (``pip install "yolo-prune[openvino]"``).
 
 Examples:
-    >>> from yolo_prune.quantize import export_int8, measure_int8
+    >>> from yolo_prune.measurement.quantize import export_int8, measure_int8
     >>> folder = export_int8("runs/prune/exp/weights/best.pt", "data.yaml", imgsz=640, out_dir="int8")
     >>> folder.name
     'best_int8_openvino_model'
@@ -72,7 +72,7 @@ def export_int8(
     Raises:
         ValueError: If OpenVINO or NNCF is missing, or ``calibration_images`` is not an integer >= 2 or None.
     """
-    from .data import resolve_data
+    from ..data.shapes import resolve_data
     from .measure import _export_copy
 
     check_int8_available()
@@ -109,12 +109,12 @@ def validate_int8(model_dir: str | Path, data: str, imgsz: int = 640, **kwargs: 
 
     Returns:
         (dict): ``{"map50_95": float, "map50": float}`` (box metrics) plus the mask or pose mAP of a segment or pose
-        model (`yolo_prune.measure.metrics_row`).
+        model (`yolo_prune.measurement.measure.metrics_row`).
     """
     import torch
     from ultralytics import YOLO
 
-    from .data import resolve_data
+    from ..data.shapes import resolve_data
 
     meta = YAML.load(Path(model_dir) / "metadata.yaml") if (Path(model_dir) / "metadata.yaml").is_file() else {}
     yolo = YOLO(str(model_dir), task=meta.get("task", "detect"))
@@ -160,7 +160,8 @@ def measure_int8(
         calibration_images (int, optional): See `export_int8`.
 
     Returns:
-        (dict): A row as in `yolo_prune.measure.new_row`, plus ``int8_of`` (the source row's name), ``imgsz``,
+        (dict): A row as in `yolo_prune.measurement.measure.new_row`, plus ``int8_of`` (the source row's name),
+        ``imgsz``,
             ``batch`` (1) and ``openvino_path``.
 
     Raises:

@@ -6,7 +6,7 @@ such as ``"shapes.yaml"`` are generated on first use into a cache folder by `res
 ``data=`` works offline without a download.
 
 Examples:
-    >>> from yolo_prune.data import make_shapes_dataset, resolve_data
+    >>> from yolo_prune.data.shapes import make_shapes_dataset, resolve_data
     >>> yaml_path = make_shapes_dataset("my-shapes", n_train=64, n_val=16, imgsz=160, seed=1)
     >>> resolve_data("shapes-tiny.yaml")  # generated once into the cache, then reused
     '.../yolo-prune-shapes/shapes-tiny-g1-<hash>/data.yaml'
@@ -345,7 +345,8 @@ def make_shapes_dataset(
                 (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
         params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
         params |= {k: v for k, v in style.items() if v != defaults[k]}  # only what differs: default files unchanged
-        info = {"generator": "yolo_prune.data.make_shapes_dataset", "version": GENERATOR_VERSION, "params": params}
+        generator = "yolo_prune.data.shapes.make_shapes_dataset"
+        info = {"generator": generator, "version": GENERATOR_VERSION, "params": params}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
         (tmp / DATA_YAML).write_text(
@@ -375,8 +376,8 @@ def resolve_data(data: str) -> str:
     """Map a built-in dataset name to a generated data yaml; return any other value unchanged.
 
     Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``) and of
-    ``yolo_prune.task_data.TASK_DATASETS`` (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``, ``"shapes-obb.yaml"``),
-    matched exactly.
+    ``yolo_prune.data.task_shapes.TASK_DATASETS`` (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``,
+    ``"shapes-obb.yaml"``), matched exactly.
     The dataset is generated on first use into ``dataset_cache_dir() / "<name>-g<version>-<hash of parameters>"``
     and reused afterwards; a new generator version or new parameters give a new folder.
 
@@ -391,7 +392,7 @@ def resolve_data(data: str) -> str:
         >>> resolve_data("VOC.yaml")
         'VOC.yaml'
     """
-    from .task_data import TASK_DATASETS, TASK_GENERATOR_VERSION, make_task_dataset
+    from .task_shapes import TASK_DATASETS, TASK_GENERATOR_VERSION, make_task_dataset
 
     if not isinstance(data, str) or data not in {**BUILTIN_DATASETS, **TASK_DATASETS}:
         return data

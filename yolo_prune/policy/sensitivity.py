@@ -7,7 +7,7 @@ written to ``sensitivity.json``, a ``sensitivity.md`` table and a ``sensitivity.
 `layer_ratios` turns the results into per-layer ratios for ``prune(..., layer_ratios=...)``.
 
 Examples:
-    >>> from yolo_prune.sensitivity import layer_ratios, run_sensitivity
+    >>> from yolo_prune.policy.sensitivity import layer_ratios, run_sensitivity
     >>> run_dir = run_sensitivity("best.pt", "data.yaml", ratios=(0.3, 0.5, 0.7), imgsz=320)
     >>> ratios = layer_ratios(run_dir / "sensitivity.json", max_drop=0.01)  # {0: 0.7, 1: 0.5, ...}
     >>> pruned = prune("best.pt", layer_ratios=ratios)
@@ -29,7 +29,7 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.files import increment_path
 
-from .report import save_figure, write_atomic
+from ..measurement.report import save_figure, write_atomic
 
 __all__ = ["SENSITIVITY_DEFAULTS", "check_ratios", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
 
@@ -180,7 +180,7 @@ def run_sensitivity(
         imgsz: Validation image size.
         batch: Validation batch size.
         device: Ultralytics device string; None picks the first GPU when there is one, else the CPU.
-        method: Importance criterion (see ``yolo_prune.importance.IMPORTANCE_METHODS``).
+        method: Importance criterion (see ``yolo_prune.policy.importance.IMPORTANCE_METHODS``).
         stages: Layer indices of ``model.model`` to analyse; default every layer. Layers with no prunable channels
             (upsample, concat, ...) are listed but not validated.
         round_to: Kept widths are rounded to a multiple of this; ``"auto"`` as in `yolo_prune.prune`.
@@ -201,14 +201,14 @@ def run_sensitivity(
         ValueError: On a missing ``model``/``data``, bad ``ratios``/``stages``, an unknown method or an unsupported
             model.
     """
-    from .args import resolve_device
-    from .checkpoint import load_yolo
-    from .data import resolve_data
-    from .heads import check_attention
+    from ..data.shapes import resolve_data
+    from ..integration.args import resolve_device
+    from ..integration.checkpoint import load_yolo
+    from ..measurement.measure import count_gflops, validate
+    from ..measurement.report import machine_info
+    from ..rules.attention import check_attention
+    from ..rules.blocks import check_supported
     from .importance import collect_gradients, get_importance, needs_gradients
-    from .measure import count_gflops, validate
-    from .report import machine_info
-    from .rules import check_supported
 
     if model is None or data is None:
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
@@ -224,7 +224,7 @@ def run_sensitivity(
         raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")
     run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
     val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
-    from .hardware import resolve_round_to
+    from ..measurement.hardware import resolve_round_to
 
     options = {
         "round_to": resolve_round_to(round_to, "onnx", device).value,
@@ -304,7 +304,10 @@ def _markdown(results: dict) -> str:
         else:
             cells = ["not prunable"] * len(ratios)
         lines.append(f"| {row['stage']} | {row['type']} | " + " | ".join(cells) + " |")
-    lines += ["", "Per-layer ratios from these results: `yolo_prune.sensitivity.layer_ratios(path, max_drop=0.01)`."]
+    lines += [
+        "",
+        "Per-layer ratios from these results: `yolo_prune.policy.sensitivity.layer_ratios(path, max_drop=0.01)`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -5,16 +5,16 @@ the unpruned network) and copies over only the tensors whose shapes match, so a 
 into a full-size model. ``PrunedDetectionTrainer`` returns the module it is given, so the model, its EMA, the
 optimizer and the saved ``best.pt``/``last.pt`` all keep the pruned shapes. ``PrunedSegmentationTrainer``,
 ``PrunedPoseTrainer`` and ``PrunedOBBTrainer`` do the same on top of Ultralytics' ``SegmentationTrainer``,
-``PoseTrainer`` and ``OBBTrainer`` (``yolo_prune.tasks.trainer_for`` picks the one for a model).
+``PoseTrainer`` and ``OBBTrainer`` (``yolo_prune.rules.tasks.trainer_for`` picks the one for a model).
 
 Notes:
     ``best.pt`` and ``last.pt`` are finalised by Ultralytics' ``strip_optimizer``, which stores the EMA in FP16. That
     stock behaviour is kept: the files stay pruned and load in stock Ultralytics (as FP32). Use
-    ``yolo_prune.checkpoint.save_checkpoint`` when an FP32 file is wanted.
+    ``yolo_prune.integration.checkpoint.save_checkpoint`` when an FP32 file is wanted.
 
 Examples:
     >>> from ultralytics import YOLO
-    >>> from yolo_prune.trainer import PrunedDetectionTrainer
+    >>> from yolo_prune.integration.trainer import PrunedDetectionTrainer
     >>> YOLO("pruned.pt").train(trainer=PrunedDetectionTrainer, data="data.yaml", epochs=10)
 """
 

@@ -82,7 +82,7 @@ def check_target(value: float, name: str) -> float:
 
 def check_backend(backend: str) -> str:
     """Return the latency backend name, or raise a one-line ``ValueError`` (also when OpenVINO is not installed)."""
-    from .measure import resolve_backends
+    from ..measurement.measure import resolve_backends
 
     key = str(backend).lower()
     if key not in LATENCY_BACKENDS:
@@ -108,7 +108,7 @@ def cost_meter(
     Args:
         kind: ``"macs"`` or ``"latency"``. MACs are THOP's count at ``imgsz`` (as Ultralytics counts them) when
             ``block`` is 1, else the conv MACs with channel counts padded up to ``block``
-            (`yolo_prune.hardware.padded_macs`: the work a blocked CPU kernel executes).
+            (`yolo_prune.measurement.hardware.padded_macs`: the work a blocked CPU kernel executes).
         imgsz: Square input size.
         backend: Latency backend: ``"torch"`` (eager, fused), ``"onnx"`` (Ultralytics export, then ONNX Runtime) or
             ``"openvino"`` (Ultralytics export to OpenVINO IR, FP32, timed on the CPU).
@@ -121,7 +121,7 @@ def cost_meter(
     Returns:
         A callable ``module -> cost``; the module is never modified.
     """
-    from .measure import (
+    from ..measurement.measure import (
         count_gflops,
         export_onnx,
         export_openvino,
@@ -132,7 +132,7 @@ def cost_meter(
 
     if kind == "macs":
         if block > 1:
-            from .hardware import padded_macs
+            from ..measurement.hardware import padded_macs
 
             return lambda module: padded_macs(module, imgsz, block)
         return lambda module: count_gflops(module, imgsz) / 2 * 1e9

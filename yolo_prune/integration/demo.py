@@ -1,16 +1,16 @@
 """`yolo-prune demo`: the whole pipeline on the built-in shapes dataset, offline, in minutes on a CPU.
 
 The demo trains a small baseline (``yolov8n.yaml`` from scratch) on ``shapes.yaml`` with the stock Ultralytics trainer,
-or reuses one cached by an earlier demo with the same settings, then runs `yolo_prune.pipeline.run_prune` on it
-(2x fewer MACs shared out by a sensitivity scan, a few fine-tuning epochs) and writes the usual report
+or reuses one cached by an earlier demo with the same settings, then runs `yolo_prune.integration.pipeline.run_prune` on
+it (2x fewer MACs shared out by a sensitivity scan, a few fine-tuning epochs) and writes the usual report
 (``report.md``, ``pareto.png``, ...).
 
-The baseline cache lives beside the generated dataset (``yolo_prune.data.dataset_cache_dir() / "demo-models"``), one
-file per setting hash. It is copied in with ``os.replace`` only after training finished, so an interrupted training
+The baseline cache lives beside the generated dataset (``yolo_prune.data.shapes.dataset_cache_dir() / "demo-models"``),
+one file per setting hash. It is copied in with ``os.replace`` only after training finished, so an interrupted training
 is never reused.
 
 Examples:
-    >>> from yolo_prune.demo import run_demo
+    >>> from yolo_prune.integration.demo import run_demo
     >>> run_dir = run_demo()  # full demo: about 10 minutes on a 2-core CPU
     >>> run_dir = run_demo(fast=True, project="/tmp/demo")  # seconds; for tests
 """
@@ -81,7 +81,7 @@ def check_demo_args(overrides: dict[str, Any]) -> dict[str, Any]:
         overrides (dict[str, Any]): User arguments.
 
     Returns:
-        (dict[str, Any]): The arguments for `yolo_prune.pipeline.run_prune` (demo-only keys removed).
+        (dict[str, Any]): The arguments for `yolo_prune.integration.pipeline.run_prune` (demo-only keys removed).
 
     Raises:
         ValueError: On an unknown key, ``model``/``data`` (the demo picks them) or a bad value.
@@ -110,7 +110,7 @@ def _cache_key(settings: dict[str, Any]) -> str:
     """Return a short hash of the baseline settings, the dataset generator version and the Ultralytics version."""
     from ultralytics import __version__
 
-    from .data import BUILTIN_DATASETS, GENERATOR_VERSION
+    from ..data.shapes import BUILTIN_DATASETS, GENERATOR_VERSION
 
     blob = {
         **settings,
@@ -134,7 +134,7 @@ def baseline_checkpoint(settings: dict[str, Any]) -> Path:
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER, colorstr
 
-    from .data import dataset_cache_dir, resolve_data
+    from ..data.shapes import dataset_cache_dir, resolve_data
 
     prefix = colorstr("demo: ")
     folder = dataset_cache_dir() / "demo-models"
@@ -169,8 +169,8 @@ def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -
     Args:
         fast (bool): Tiny dataset, 64 px and one epoch each: a smoke test of the whole pipeline.
         command (str, optional): Command line recorded in the report.
-        **overrides (Any): ``baseline_epochs``, and any `yolo_prune.pipeline.run_prune` argument except ``model`` and
-            ``data`` (e.g. ``ratio=0.6``, ``epochs=5``, ``project=...``, ``name=...``).
+        **overrides (Any): ``baseline_epochs``, and any `yolo_prune.integration.pipeline.run_prune` argument except
+            ``model`` and ``data`` (e.g. ``ratio=0.6``, ``epochs=5``, ``project=...``, ``name=...``).
 
     Returns:
         (Path): The prune run folder (with ``report.md`` and ``pareto.png``).

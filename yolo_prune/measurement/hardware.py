@@ -18,7 +18,7 @@ PyTorch (oneDNN) work on blocks of channels: 16 floats per AVX-512 register, 8 p
   always measured for real (see ``yolo_prune.prune``'s ``target_latency``).
 
 Examples:
-    >>> from yolo_prune.hardware import LatencyTable, auto_round_to, padded_macs
+    >>> from yolo_prune.measurement.hardware import LatencyTable, auto_round_to, padded_macs
     >>> auto_round_to("onnx", "cpu")
     RoundTo(value=16, reason='CPU with AVX-512 (onnx): 16-channel blocks')
     >>> table = LatencyTable("onnx", imgsz=640, threads=1, path="runs/prune/exp/latency/onnx-640-t1.json")

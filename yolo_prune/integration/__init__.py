@@ -1,0 +1,1 @@
+"""Integration with Ultralytics: checkpoints, the pruned trainers, callbacks, the pipeline and the CLI."""

@@ -1,0 +1,1 @@
+"""Measurement: cost and accuracy (params, GFLOPs, latency, mAP), hardware models, reports, INT8."""

@@ -1,0 +1,1 @@
+"""Model rules: what each Ultralytics block couples, freezes and repairs (blocks, attention heads, task heads)."""

@@ -65,6 +65,20 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "prune",
         {"target_macs": 0.5, "allocation": "sensitivity", "distill": True, "dis": 1.0, "round_to": 16},
     ),
+    # a latency target on the same r16 scan, at the latency the MACs default above measured (same seed): does pricing
+    # time instead of MACs keep the accuracy at equal speed? (ONNX Runtime, 1 thread, the study's imgsz)
+    "latency-r16-match": (
+        "prune",
+        {
+            "target_latency": "match:default-2x-r16",
+            "backend": "onnx",
+            "threads": 1,
+            "allocation": "sensitivity",
+            "distill": True,
+            "dis": 1.0,
+            "round_to": 16,
+        },
+    ),
     "sens-2x-distill6": ("prune", {"target_macs": 0.5, "allocation": "sensitivity", "distill": True, "dis": 6.0}),
     "uniform-2x-distill": ("prune", {"target_macs": 0.5, "allocation": "uniform", "distill": True, "dis": 1.0}),
     "sens-2x-steps3": ("prune", {"target_macs": 0.5, "allocation": "sensitivity", "steps": 3, "epochs": E // 3}),
@@ -100,7 +114,7 @@ PLAN: list[tuple[str, int]] = [
     *[(r, 0) for r in ("sens-3x-distill", "sens-2x-steps3", "global-2x", "sens-2x-sparse", "uniform-2x-distill")],
     ("scratch-2x", 1),
     *[(r, 1) for r in ("sens-3x-distill", "scratch-3x")],  # the 3x rows that came out close
-    *[("default-2x-r16", s) for s in (0, 1)],
+    *[(r, s) for s in (0, 1) for r in ("default-2x-r16", "latency-r16-match")],
 ]
 
 
@@ -156,8 +170,21 @@ def macs_ratio(path: Path, base: Path, imgsz: int = IMGSZ) -> float:
     return count_gflops(load_yolo(str(base)).model, IMGSZ) / count_gflops(load_yolo(str(path)).model, imgsz)
 
 
-def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens: Path) -> dict:
-    """Run one row with one seed and return its record (mAP, MACs cut, epochs, seconds)."""
+def onnx_latency(path: Path, base: Path, rounds: int = 40) -> dict:
+    """Latency of the model against the baseline on ONNX Runtime (1 thread, ``IMGSZ``), interleaved rounds."""
+    from yolo_prune.measurement.hardware import compare_latency
+    from yolo_prune.measurement.measure import load_yolo
+
+    return compare_latency(load_yolo(str(base)).model, load_yolo(str(path)).model, "onnx", IMGSZ, 1, rounds=rounds)
+
+
+def run_row(
+    out: Path, name: str, seed: int, base: Path, base_record: dict, sens: Path, results: dict | None = None
+) -> dict:
+    """Run one row with one seed and return its record (mAP, MACs cut, ONNX Runtime latency ratio, epochs, seconds).
+
+    ``results`` holds the rows already run (a ``match:`` latency target reads the latency of the row it names)."""
+    results = results or {}
     from study import scaled_model_yaml, train, width_for_macs
 
     from yolo_prune.data.shapes import resolve_data
@@ -170,6 +197,10 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
     record: dict[str, Any] = {"row": name, "seed": seed, "kind": kind, "settings": settings}
     if kind == "prune":
         args = {"epochs": E, "distill": False, **settings}  # distillation only where the row says so
+        matched = str(args.get("target_latency", ""))
+        if matched.startswith("match:"):  # the ONNX Runtime latency that row reached with the same seed
+            args["target_latency"] = round(results[f"{matched[6:]}-s{seed}"]["onnx_latency"]["ratio"], 4)
+            record["target_latency"] = args["target_latency"]
         own_scan = args.get("round_to", COMMON["round_to"]) != COMMON["round_to"]
         if own_scan and (out / "sensitivity-r16" / "sensitivity.json").is_file():
             args["sensitivity"] = str(out / "sensitivity-r16")  # the first seed's scan at this rounding
@@ -197,6 +228,7 @@ def run_row(out: Path, name: str, seed: int, base: Path, base_record: dict, sens
         meta = torch.load(run_dir / "weights" / "pruned.pt", map_location="cpu", weights_only=False)["yolo_prune"]
         record["layer_ratios"] = meta.get("layer_ratios")  # the last step's allocation
         record["epochs"] = args["epochs"] * args.get("steps", 1) + args.get("sparse_epochs", 0)
+        record["onnx_latency"] = onnx_latency(path, base)
     elif kind in ("ft", "lowres"):
         imgsz = settings.get("imgsz", IMGSZ)
         recipe = {**COMMON, **FINETUNE_DEFAULTS, "epochs": E, "imgsz": imgsz, "seed": seed}
@@ -228,8 +260,8 @@ def summarize(results: dict, base_record: dict) -> str:
         f"Baseline (converged): mAP50-95 {base_record['map50_95']:.4f}, mAP50 {base_record['map50']:.4f} after "
         f"{base_record['epochs_run']} epochs. Every other row: the baseline's budget + E={E} epochs.",
         "",
-        "| row | seeds | MACs cut | mAP50-95 mean | spread (min-max) | mAP50 mean | vs ft |",
-        "|---|---|---|---|---|---|---|",
+        "| row | seeds | MACs cut | ORT latency | mAP50-95 mean | spread (min-max) | mAP50 mean | vs ft |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by_row: dict[str, list[dict]] = {}
     for rec in results.values():
@@ -241,8 +273,10 @@ def summarize(results: dict, base_record: dict) -> str:
             continue
         maps = [r["map50_95"] for r in recs]
         mean = statistics.mean(maps)
+        lat = [r["onnx_latency"]["ratio"] for r in recs if "onnx_latency" in r]
+        latency = f"{statistics.mean(lat):.1%}" if lat else "-"
         lines.append(
-            f"| {name} | {len(recs)} | {statistics.mean(r['macs_x'] for r in recs):.2f}x | {mean:.4f} | "
+            f"| {name} | {len(recs)} | {statistics.mean(r['macs_x'] for r in recs):.2f}x | {latency} | {mean:.4f} | "
             f"{min(maps):.4f}-{max(maps):.4f} | {statistics.mean(r['map50'] for r in recs):.4f} | "
             f"{(mean - ft) * 100:+.1f} pt |"
         )
@@ -281,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in results:
                 continue
             log(f"row {key}")
-            results[key] = run_row(out, name, seed, base, base_record, sens)
+            results[key] = run_row(out, name, seed, base, base_record, sens, results)
             results_file.write_text(json.dumps(results, indent=1))
             log(f"row {key}: mAP50-95 {results[key]['map50_95']:.4f} ({results[key]['seconds']:.0f} s)")
     table = summarize(results, base_record)

@@ -141,7 +141,7 @@ def run_bench(
         device (str, optional): Ultralytics device string; a GPU adds CUDA backends. None: the first GPU when there
             is one, else the CPU (as Ultralytics).
         backends (Iterable[str] | str): `torch`, `onnx` or explicit labels (see
-        `yolo_prune.measurement.measure.resolve_backends`).
+            `yolo_prune.measurement.measure.resolve_backends`).
         project (str | Path): Parent folder of runs.
         name (str): Run name; incremented (`exp`, `exp-2`, ...) so no run is overwritten.
         runs (int): Timed runs per backend.

@@ -161,8 +161,7 @@ def measure_int8(
 
     Returns:
         (dict): A row as in `yolo_prune.measurement.measure.new_row`, plus ``int8_of`` (the source row's name),
-        ``imgsz``,
-            ``batch`` (1) and ``openvino_path``.
+            ``imgsz``, ``batch`` (1) and ``openvino_path``.
 
     Raises:
         ValueError: Without ``out_dir``.

@@ -305,6 +305,11 @@ def latency_note(target: dict) -> str:
             f"{timed['rounds']} interleaved rounds, {timed['threads']} thread(s); per-round ratios 10-90 %: "
             f"{lo:.1%}-{hi:.1%}, the noise of this measurement)"
         )
+    passes = target.get("calibration") or []
+    if len(passes) > 1:
+        line += "; allocation passes (goal of the latency model -> measured): " + ", ".join(
+            f"{p['goal']:.1%} -> {p['measured']:.1%}" for p in passes
+        )
     return line
 
 

@@ -65,6 +65,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "prune",
         {"target_macs": 0.5, "allocation": "sensitivity", "distill": True, "dis": 1.0, "round_to": 16},
     ),
+    # uniform pruning at the 0.4 defaults: what the sensitivity allocation is worth at round_to=16
+    "uniform-2x-r16": (
+        "prune",
+        {"target_macs": 0.5, "allocation": "uniform", "distill": True, "dis": 1.0, "round_to": 16},
+    ),
     # a latency target on the same r16 scan, at the latency the MACs default above measured (same seed): does pricing
     # time instead of MACs keep the accuracy at equal speed? (ONNX Runtime, 1 thread, the study's imgsz)
     "latency-r16-match": (
@@ -114,7 +119,7 @@ PLAN: list[tuple[str, int]] = [
     *[(r, 0) for r in ("sens-3x-distill", "sens-2x-steps3", "global-2x", "sens-2x-sparse", "uniform-2x-distill")],
     ("scratch-2x", 1),
     *[(r, 1) for r in ("sens-3x-distill", "scratch-3x")],  # the 3x rows that came out close
-    *[(r, s) for s in (0, 1) for r in ("default-2x-r16", "latency-r16-match")],
+    *[(r, s) for s in (0, 1) for r in ("default-2x-r16", "latency-r16-match", "uniform-2x-r16")],
 ]
 
 
@@ -201,10 +206,11 @@ def run_row(
         if matched.startswith("match:"):  # the ONNX Runtime latency that row reached with the same seed
             args["target_latency"] = round(results[f"{matched[6:]}-s{seed}"]["onnx_latency"]["ratio"], 4)
             record["target_latency"] = args["target_latency"]
-        own_scan = args.get("round_to", COMMON["round_to"]) != COMMON["round_to"]
+        scanned = args.get("allocation") == "sensitivity"
+        own_scan = scanned and args.get("round_to", COMMON["round_to"]) != COMMON["round_to"]
         if own_scan and (out / "sensitivity-r16" / "sensitivity.json").is_file():
             args["sensitivity"] = str(out / "sensitivity-r16")  # the first seed's scan at this rounding
-        elif args.get("allocation") == "sensitivity" and not args.get("sparse_epochs") and not own_scan:
+        elif scanned and not args.get("sparse_epochs") and not own_scan:
             args["sensitivity"] = str(sens)  # the shared scan of the baseline (a sparse model is scanned anew)
         shutil.rmtree(out / "prune" / tag, ignore_errors=True)
         run_dir = run_prune(

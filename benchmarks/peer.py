@@ -109,30 +109,13 @@ def _file_name(label: str) -> str:
     return label.replace("-", "_").replace(" ", "_").replace("=", "")
 
 
-def _torch_runner(module: nn.Module, imgsz: int):
-    import contextlib
-    import copy
-    import io
-
-    fused = copy.deepcopy(module).float().eval()
-    with contextlib.redirect_stdout(io.StringIO()):
-        fused = fused.fuse(verbose=False)
-    x = torch.rand(1, 3, imgsz, imgsz)
-
-    def run() -> None:
-        with torch.inference_mode():
-            fused(x)
-
-    return run
-
-
 def run(args: argparse.Namespace) -> dict:
     """Run the comparison and return the results dict."""
     import torch_pruning
     from latency import _sessions, interleaved, speed_cells
     from ultralytics import YOLO
 
-    from yolo_prune.measurement.hardware import auto_round_to, cpu_name
+    from yolo_prune.measurement.hardware import _runner, auto_round_to, cpu_name
     from yolo_prune.measurement.measure import count_gflops, export_onnx
 
     torch.set_num_threads(1)
@@ -179,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
             paths = {k: export_onnx(m, imgsz=args.imgsz, out_dir=tmp, name=_file_name(k)) for k, m in models.items()}
             backends = {
                 "onnxruntime/t1": _sessions(paths, "onnxruntime", 1),
-                "torch/t1": {k: _torch_runner(m, args.imgsz) for k, m in models.items()},
+                "torch/t1": {k: _runner(m, "torch", args.imgsz, 1, Path(tmp), k) for k, m in models.items()},
             }
             for key, runs in backends.items():
                 cell = speed_cells(interleaved(runs, args.rounds), gflops)

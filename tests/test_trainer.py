@@ -176,3 +176,44 @@ def test_fine_tuning_recovers_the_map_lost_to_pruning(trained_detector, tmp_path
     after = validate(str(yolo.trainer.last), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
     assert count_params(YOLO(str(yolo.trainer.last)).model) == count_params(pruned.model)
     assert after > before + 0.01, (before, after)
+
+
+@pytest.mark.slow
+def test_a_fine_tune_that_damages_the_model_keeps_the_model_it_started_from(trained_detector, tmp_path):
+    """The pruned trainer validates the model before the first step and keeps it as best.pt unless an epoch beats it.
+
+    A learning rate far too high for a converged model (AdamW at 0.05) wrecks it in one epoch; best.pt must then be
+    the starting model (same mAP50-95), while last.pt is the wrecked one. Mutations caught: no validation before
+    training (best.pt would be the only epoch, the wrecked model); a start written to last.pt (resume would restart at
+    epoch 1 and skip training).
+    """
+    from yolo_prune.measurement.measure import validate
+
+    t = trained_detector
+    start = validate(str(t.model), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
+    yolo = YOLO(str(t.model))
+    yolo.train(
+        trainer=PrunedDetectionTrainer,
+        data=t.data,
+        epochs=1,
+        imgsz=t.imgsz,
+        batch=16,
+        nbs=16,
+        optimizer="AdamW",
+        lr0=0.05,
+        warmup_epochs=0,
+        workers=0,
+        plots=False,
+        device="cpu",
+        seed=0,
+        project=str(tmp_path),
+        name="ft",
+    )
+    trainer = yolo.trainer
+    assert trainer.start_metrics is not None
+    assert trainer.start_metrics["metrics/mAP50-95(B)"] == pytest.approx(start, abs=0.01)
+    wrecked = validate(str(trainer.last), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
+    kept = validate(str(trainer.best), t.data, imgsz=t.imgsz, batch=16)["map50_95"]
+    assert wrecked < start - 0.05, (start, wrecked)  # the recipe did damage the model
+    assert kept == pytest.approx(start, abs=0.01), (start, kept)
+    assert torch_load(trainer.best, map_location="cpu")["epoch"] == -1  # best.pt is the start, stripped

@@ -74,11 +74,52 @@ class PrunedDetectionTrainer(DetectionTrainer):
     """
 
     accepted_task = "detect"  # the task of the models this trainer accepts
+    keep_start = True  # validate the model before the first epoch; best.pt stays it unless an epoch beats it
 
     def __init__(self, *args: Any, **kwargs: Any):
         """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically."""
         super().__init__(*args, **kwargs)
         self.last, self.best = AtomicWritePath(self.last), AtomicWritePath(self.best)
+        self.start_metrics: dict | None = None  # validation of the model as given, before any step (keep_start)
+
+    def _setup_train(self) -> None:
+        """Set up as Ultralytics does, then (``keep_start``, a new run with validation) validate the starting model."""
+        super()._setup_train()
+        if self.keep_start and self.start_epoch == 0 and self.args.val and RANK in {-1, 0}:
+            self._keep_start()
+
+    def _keep_start(self) -> None:
+        """Validate the model before any step and write it as ``best.pt``: fine-tuning can then only improve on it.
+
+        On a few hundred images a fine-tune can leave a converged model worse than it started; Ultralytics keeps the
+        best epoch but never compares it with the model it was given. Here the start competes too (same validator,
+        same fitness). ``last.pt`` is not written, so an interrupted run never resumes from before its first epoch.
+        """
+        self.epoch = -1  # before the first epoch (the loop sets it next); saved so that best.pt reads as stripped
+        if not isinstance(getattr(self, "loss_items", None), dict):
+            self.loss_items = self._zero_loss_items()  # the validator keys its loss sums by the last step's items
+        if self.loss is None:
+            self.loss = torch.zeros((), device=self.device)  # read (as a fallback fitness) by validate()
+        metrics, fitness = self.validate()  # also sets best_fitness
+        if metrics is None:
+            return
+        self.start_metrics = {**metrics, "fitness": fitness}
+        self.metrics, self.fitness = metrics, fitness
+        self.save_model()
+        self.last.unlink(missing_ok=True)
+        LOGGER.info(
+            f"{PREFIX}model before fine-tuning: fitness {fitness:.4f} "
+            f"(mAP50-95 {metrics.get('metrics/mAP50-95(B)', float('nan')):.4f}); best.pt keeps it unless an epoch "
+            "beats it"
+        )
+
+    def _zero_loss_items(self) -> dict[str, torch.Tensor]:
+        """Zeros keyed like the loss items the validator will add up (one validation batch through the EMA model)."""
+        model = self.ema.ema
+        batch = self.preprocess_batch(next(iter(self.test_loader)))
+        with torch.no_grad():
+            _, items = model.loss(batch, model(batch["img"]))
+        return {k: torch.zeros_like(v) for k, v in items.items()}
 
     def get_model(
         self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True

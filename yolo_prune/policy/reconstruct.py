@@ -278,10 +278,11 @@ class _Fit:
 
 
 def _batches(model: nn.Module, data: str, images: int, batch: int, imgsz: int, device: torch.device) -> Iterator:
-    """Calibration images of the training split (letterboxed, no augmentation, in order; only the images are used)."""
+    """Calibration images of the training split (letterboxed, no augmentation, in order; only the images are used;
+    the labels are read as the model's task reads them, so a dataset of its task, or images without labels)."""
     from .importance import _calibration_batches
 
-    yield from _calibration_batches(model, data, math.ceil(images / batch), batch, imgsz, device, task="detect")
+    yield from _calibration_batches(model, data, math.ceil(images / batch), batch, imgsz, device)
 
 
 def _recalibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: list[torch.Tensor]) -> None:

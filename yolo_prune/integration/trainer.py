@@ -93,7 +93,8 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
         On a few hundred images a fine-tune can leave a converged model worse than it started; Ultralytics keeps the
         best epoch but never compares it with the model it was given. Here the start competes too (same validator,
-        same fitness). ``last.pt`` is not written, so an interrupted run never resumes from before its first epoch.
+        same fitness). ``last.pt`` is not written, not even for a moment: a run interrupted before its first epoch ends
+        leaves no ``last.pt`` to resume from the start model.
         """
         self.epoch = -1  # before the first epoch (the loop sets it next); saved so that best.pt reads as stripped
         if not isinstance(getattr(self, "loss_items", None), dict):
@@ -105,8 +106,11 @@ class PrunedDetectionTrainer(DetectionTrainer):
             return
         self.start_metrics = {**metrics, "fitness": fitness}
         self.metrics, self.fitness = metrics, fitness
-        self.save_model()
-        self.last.unlink(missing_ok=True)
+        last, self.last = self.last, self.best  # written as best.pt only: no last.pt from before the first epoch, not
+        try:  # even for a moment (an interruption then would leave a run that cannot resume)
+            self.save_model()
+        finally:
+            self.last = last
         LOGGER.info(
             f"{PREFIX}model before fine-tuning: fitness {fitness:.4f} "
             f"(mAP50-95 {metrics.get('metrics/mAP50-95(B)', float('nan')):.4f}); best.pt keeps it unless an epoch "

@@ -8,7 +8,15 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["RenamedArgumentWarning", "did_you_mean", "is_none", "rename_args", "renamed_kwargs", "resolve_device"]
+__all__ = [
+    "RenamedArgumentWarning",
+    "did_you_mean",
+    "is_none",
+    "rename_args",
+    "renamed_kwargs",
+    "resolve_device",
+    "torch_device",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +58,20 @@ def resolve_device(device: Any) -> str:
 
         return "0" if torch.cuda.is_available() else "cpu"
     return str(device).strip()
+
+
+def torch_device(device: Any, default: Any) -> Any:
+    """The ``torch.device`` for an Ultralytics-style ``device`` (``"0"`` is ``cuda:0``), or ``default`` when None.
+
+    Examples:
+        >>> torch_device("0", "cpu")
+        device(type='cuda', index=0)
+    """
+    import torch
+
+    if device is None:
+        return default
+    return torch.device(f"cuda:{device}" if str(device).isdigit() else device)
 
 
 def rename_args(args: Mapping[str, Any], renames: Mapping[str, str], where: str) -> dict[str, Any]:

@@ -28,6 +28,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..integration.args import torch_device
+
 __all__ = ["GRADIENT_METHODS", "IMPORTANCE_METHODS", "collect_gradients", "get_importance", "needs_gradients"]
 
 # name -> factory of a torch-pruning importance; each maps a dependency group to one score per channel. Scores are
@@ -170,7 +172,7 @@ def collect_gradients(
     from ultralytics.cfg import get_cfg
 
     home = next(model.parameters()).device
-    dev = home if device is None else torch.device(f"cuda:{device}" if str(device).isdigit() else device)
+    dev = torch_device(device, home)
     held = {name: model.__dict__[name] for name in ("args", "criterion") if name in model.__dict__}
     was_training = model.training
     params = dict(model.named_parameters())

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..integration.args import torch_device
+
 __all__ = ["RECONSTRUCT_METHODS", "LayerFit", "ReconstructStats", "check_reconstruct", "reconstruct"]
 
 RECONSTRUCT_METHODS = ("ls", "seq", "bn")
@@ -185,8 +187,9 @@ def _patches(
 
 
 class _Fit:
-    """Least-squares sums for one conv: ``[X, 1]^T [X, 1]``, ``[X, 1]^T Y`` and ``||Y||^2`` (float64), where ``X`` is
-    the pruned conv's input and ``Y`` the unpruned conv's output at the same sampled positions."""
+    """Least-squares sums for one conv: ``[X, 1]^T [X, 1]``, ``[X, 1]^T Y`` and ``||Y||^2`` (float64), where ``Y`` is
+    the unpruned conv's output (kept channels) at sampled positions and ``X`` the conv's input there: the unpruned
+    input's kept channels (``ls``) or the re-fitted pruned network's input (``seq``)."""
 
     def __init__(self, name: str, conv: nn.Conv2d, kept_out: torch.Tensor, bn: nn.BatchNorm2d | None, seed: int = 0):
         self.name, self.conv, self.kept_out, self.bn = name, conv, kept_out, bn
@@ -347,7 +350,7 @@ def reconstruct(
     if method is None:
         raise ValueError(f"reconstruct() needs a method: {', '.join(RECONSTRUCT_METHODS)}")
     home_p, home_r = next(pruned.parameters()).device, next(reference.parameters()).device
-    dev = home_p if device is None else torch.device(f"cuda:{device}" if str(device).isdigit() else device)
+    dev = torch_device(device, home_p)
     modes = (pruned.training, reference.training)
     stats = ReconstructStats(method=method, images=0)
     try:

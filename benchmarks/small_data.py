@@ -78,6 +78,13 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "default-2x-norecon": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none"}),
     # the 0.4 default: no reconstruction, the fixed recipe
     "default-2x-0.4": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "reconstruct": "none", **CURRENT}),
+    # budget: the same recipe for 3x the epochs (an epoch of 150 images is 10 optimizer steps)
+    "p2x-lr4e-4-e30": ("p2x", {**CURRENT, "lr0": 4e-4, "epochs": 30}),
+    "ctrl-lr4e-4-e30": ("ctrl", {**CURRENT, "lr0": 4e-4, "epochs": 30}),
+    # allocation: the pipeline's defaults with uniform allocation instead of the scan
+    "default-2x-uniform": ("pipeline", {"allocation": "uniform"}),
+    # the defaults with the scan measuring each cut re-fitted (reconstruct inside the scan)
+    "default-2x-scanls": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls"}),
 }
 
 
@@ -164,7 +171,7 @@ def run_row(out: Path, data: str, name: str, seed: int, models: dict[str, Path])
     result = train(
         models[kind],
         data,
-        {**COMMON, **recipe, "epochs": E, "seed": seed},
+        {**COMMON, "epochs": E, **recipe, "seed": seed},
         out,
         f"{name}-s{seed}",
         trainer=PrunedDetectionTrainer,
@@ -191,11 +198,14 @@ def run_pipeline(out: Path, data: str, name: str, seed: int, user: Path, setting
     tag = f"{name}-s{seed}"
     shutil.rmtree(out / "prune" / tag, ignore_errors=True)
     common = {k: v for k, v in COMMON.items() if k not in ("plots",)}
-    scan = out / "sensitivity-pipeline"  # every pipeline row allocates from the first one's scan of the same model
+    # every pipeline row allocates from the first one's scan of the same model (one cache per way of scanning)
+    settings = dict(settings)
+    scan = out / settings.pop("scan_cache", "sensitivity-pipeline")
     if (scan / "sensitivity.json").is_file() and settings.get("allocation", "sensitivity") == "sensitivity":
         settings = {**settings, "sensitivity": str(scan)}
+    settings = {"epochs": E, **settings}
     run_dir = run_prune(
-        model=str(user), data=data, epochs=E, seed=seed, project=str(out / "prune"), name=tag, **common, **settings
+        model=str(user), data=data, seed=seed, project=str(out / "prune"), name=tag, **common, **settings
     )
     if (run_dir / "sensitivity" / "sensitivity.json").is_file() and not scan.exists():
         shutil.copytree(run_dir / "sensitivity", scan)

@@ -11,7 +11,7 @@ from yolo_prune import prune
 from yolo_prune.policy.sensitivity import SENSITIVITY_DEFAULTS, layer_ratios, run_sensitivity
 
 
-def test_sensitivity_writes_its_files(tiny_data, tmp_path):
+def test_sensitivity_writes_its_files(tiny_data, tmp_path, capfd):
     run = run_sensitivity(
         "yolov8n.yaml",
         tiny_data,
@@ -37,6 +37,11 @@ def test_sensitivity_writes_its_files(tiny_data, tmp_path):
     assert head[1]["macs_kept"] < head[0]["macs_kept"] < 1.0
     assert "| 22 | Detect |" in (run / "sensitivity.md").read_text()
     assert (run / "sensitivity.png").stat().st_size > 1000
+    seconds = results["seconds"]  # where the scan's time went, validation and the rest
+    assert seconds["validate"] > 0 and seconds["prune"] > 0 and seconds["total"] >= seconds["validate"]
+    output = "".join(capfd.readouterr())
+    assert "6/6" in output and "sensitivity" in output, output[-2000:]  # one progress bar over layers x ratios
+    assert "Validating" not in output and "val: Scanning" not in output  # the validator's own bars and lines are quiet
     again = run_sensitivity(
         "yolov8n.yaml", tiny_data, ratios=0.5, imgsz=64, stages=[-1], project=tmp_path, verbose=False
     )
@@ -107,3 +112,25 @@ def test_sensitivity_ranks_layers_by_a_real_drop(trained_detector, tmp_path):
     assert drops[worst] > 0.03 and drops[worst] - min(drops.values()) > 0.03, drops
     ratios = layer_ratios(run, max_drop=0.01)
     assert worst not in ratios and ratios, (drops, ratios)
+
+
+def test_sensitivity_with_reconstruction_measures_the_refitted_cut(trained_detector, tmp_path):
+    """``reconstruct="ls"`` re-fits each pruned copy before validating it: the same cuts cost less mAP than without,
+    and the results say how they were measured.
+
+    Mutation caught: the re-fit computed on a copy or skipped (drops equal to the plain scan's).
+    """
+    t = trained_detector
+    scans = {}
+    for method in (None, "ls"):
+        run = run_sensitivity(
+            str(t.model), t.data, ratios=0.75, imgsz=t.imgsz, batch=16, stages=[2, 6, 15], project=tmp_path,
+            reconstruct=method, reconstruct_images=32, verbose=False,
+        )  # fmt: skip
+        scans[method] = json.loads((run / "sensitivity.json").read_text())
+    assert scans["ls"]["reconstruct"] == "ls" and scans[None]["reconstruct"] is None
+    plain = {r["stage"]: r["results"][0]["drop"] for r in scans[None]["stages"]}
+    fitted = {r["stage"]: r["results"][0]["drop"] for r in scans["ls"]["stages"]}
+    assert sum(fitted.values()) < sum(plain.values()) - 0.02, (plain, fitted)
+    with pytest.raises(ValueError, match="reconstruct_images"):
+        run_sensitivity(str(t.model), t.data, reconstruct="ls", reconstruct_images=0, project=tmp_path)

@@ -93,6 +93,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "name": "exp",
 }
 ALLOCATIONS = ("sensitivity", "uniform", "global")
+SCAN_RECONSTRUCT_IMAGES = 64  # calibration images of the re-fit inside the sensitivity scan (one per scanned cut)
 # The 0.4 fine-tuning recipe (one lr0 for every model), kept for the benchmarks that reproduce results measured with
 # it; runs now derive theirs from the input checkpoint (`yolo_prune.integration.recipe.finetune_defaults`).
 FINETUNE_DEFAULTS: dict[str, Any] = {
@@ -600,6 +601,8 @@ def _sensitivity_curves(model: Any, run_dir: Path, args: dict) -> list:
         round_to=args["round_to"],
         attention=args["attention"],
         images=args["scan_images"],
+        reconstruct=args["reconstruct"],  # the scan measures each cut as the pruned model will get it: re-fitted
+        reconstruct_images=min(SCAN_RECONSTRUCT_IMAGES, args["reconstruct_images"]),
         project=run_dir,
         name="sensitivity",
         verbose=False,

@@ -24,7 +24,6 @@ verbatim, so they identify it in a trained network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,14 @@ from torch import nn
 
 from ..integration.args import torch_device
 
-__all__ = ["RECONSTRUCT_METHODS", "LayerFit", "ReconstructStats", "check_reconstruct", "reconstruct"]
+__all__ = [
+    "RECONSTRUCT_METHODS",
+    "LayerFit",
+    "ReconstructStats",
+    "calibration_images",
+    "check_reconstruct",
+    "reconstruct",
+]
 
 RECONSTRUCT_METHODS = ("ls", "seq", "bn")
 RIDGE = 1e-3  # ridge strength, relative to the mean diagonal of the input Gram matrix
@@ -280,12 +286,18 @@ class _Fit:
         return LayerFit(self.name, before, after, True)
 
 
-def _batches(model: nn.Module, data: str, images: int, batch: int, imgsz: int, device: torch.device) -> Iterator:
-    """Calibration images of the training split (letterboxed, no augmentation, in order; only the images are used;
-    the labels are read as the model's task reads them, so a dataset of its task, or images without labels)."""
+def calibration_images(
+    model: nn.Module, data: str, images: int = 256, batch: int = 16, imgsz: int = 640, device: Any = None
+) -> list[torch.Tensor]:
+    """The first ``images`` images of the training split of ``data`` as float batches on ``device``, for `reconstruct`.
+
+    Letterboxed, no augmentation, in order; the labels are read as ``model``'s task reads them (a dataset of its task,
+    or images without labels). Load them once to reconstruct many pruned copies of one model (the sensitivity scan).
+    """
     from .importance import _calibration_batches
 
-    yield from _calibration_batches(model, data, math.ceil(images / batch), batch, imgsz, device)
+    dev = torch_device(device, next(model.parameters()).device)
+    return [item["img"] for item in _calibration_batches(model, data, math.ceil(images / batch), batch, imgsz, dev)]
 
 
 def _recalibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: list[torch.Tensor]) -> None:
@@ -308,7 +320,7 @@ def _recalibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: list[t
 def reconstruct(
     pruned: nn.Module,
     reference: nn.Module,
-    data: str,
+    data: str | list[torch.Tensor],
     method: str = "ls",
     images: int = 256,
     batch: int = 16,
@@ -322,7 +334,8 @@ def reconstruct(
     Args:
         pruned: The pruned ``DetectionModel`` (or segment/pose/obb model); changed in place, shapes unchanged.
         reference: The unpruned model it was pruned from (same module names); left unchanged.
-        data: Dataset yaml or built-in name; its ``train`` split gives the calibration images.
+        data: Dataset yaml or built-in name; its ``train`` split gives the calibration images. Or the image batches
+            themselves, as `calibration_images` returns them (``images``, ``batch`` and ``imgsz`` are then unused).
         method: ``ls`` (least-squares reconstruction of every conv, BatchNorm re-estimation where a conv cannot be
             matched), ``seq`` (the same, conv after conv on the re-fitted pruned network's inputs) or ``bn``
             (re-estimate every BatchNorm's statistics).
@@ -356,7 +369,10 @@ def reconstruct(
     try:
         pruned.to(dev).eval()
         reference.to(dev).eval()
-        calib = [item["img"] for item in _batches(pruned, data, images, batch, imgsz, dev)]
+        if isinstance(data, (list, tuple)):
+            calib = [x.to(dev) for x in data]
+        else:
+            calib = calibration_images(pruned, data, images, batch, imgsz, dev)
         if not calib:
             raise ValueError(f"no training images found in '{data}' to reconstruct from")
         stats.images = sum(int(x.shape[0]) for x in calib)
@@ -371,8 +387,8 @@ def reconstruct(
         unmatched: list[str] = []
         for name, conv in convs.items():
             ref = refs.get(name)
-            if ref is None:
-                continue
+            if ref is None or (method == "ls" and conv.weight.shape == ref.weight.shape):
+                continue  # ls fits a conv on the unpruned input: one the cut did not touch has nothing to fit
             depthwise = conv.groups == conv.in_channels == conv.out_channels and ref.groups == ref.in_channels
             kept = _kept_outputs(conv, ref, bns.get(name), ref_bns.get(name))
             if kept is None or not (conv.groups == 1 or depthwise) or (conv.bias is None and name not in bns):
@@ -384,7 +400,8 @@ def reconstruct(
             for n in [n for n, k in kept_in.items() if k is None]:
                 unmatched.append(n)
                 fits.pop(n)
-            _targets(reference, refs, fits, calib, kept_in)
+            if fits:
+                _targets(reference, refs, fits, calib, kept_in)
             stats.layers = [fit.solve(ridge) for fit in fits.values()]
         else:  # seq: one conv after the other, on the inputs the already fitted pruned network gives
             order = _targets(reference, refs, fits, calib)

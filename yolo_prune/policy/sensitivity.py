@@ -21,12 +21,14 @@ import copy
 import json
 import math
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils import LOGGER, TQDM, colorstr
 from ultralytics.utils.files import increment_path
 
 from ..measurement.report import save_figure, write_atomic
@@ -52,6 +54,8 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "calib_batches": 4,  # training batches for gradient methods (taylor, hessian)
     "seed": 0,  # seed of the random method
     "images": None,  # validate on the first N validation images only (faster scan); None = all
+    "reconstruct": None,  # re-fit each pruned copy before validating it (ls, seq, bn; as prune does); None = off
+    "reconstruct_images": 64,  # training images for reconstruct, loaded once for the whole scan
     "project": "runs/sensitivity",
     "name": "exp",
     "verbose": True,
@@ -90,6 +94,32 @@ def _check_stages(stages: Any, count: int) -> list[int]:
     if bad:
         raise ValueError(f"stages must be layer indices in [0, {count}), got {bad}")
     return sorted({s % count for s in values})
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Ultralytics' log lines and progress bars (the validator's) inside the block; the scan has its own."""
+    level = LOGGER.level
+    LOGGER.setLevel(max(level, 30))
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 1 (``3``, ``3.0``, ``"3"``), not a bool."""
+    try:
+        return not isinstance(value, bool) and float(value).is_integer() and float(value) >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -167,6 +197,8 @@ def run_sensitivity(
     calib_batches: int = 4,
     seed: int = 0,
     images: int | None = None,
+    reconstruct: str | None = None,
+    reconstruct_images: int = 64,
     project: str | Path = "runs/sensitivity",
     name: str = "exp",
     verbose: bool = True,
@@ -190,6 +222,10 @@ def run_sensitivity(
         seed: Seed for the random method.
         images: Validate on the first ``images`` validation images only (sorted by path), for a quicker scan; the
             subset is listed in ``val_subset.txt`` in the run folder. None: every validation image.
+        reconstruct: Re-fit every pruned copy to the model before validating it (``ls``, ``seq``, ``bn``; see
+            `yolo_prune.policy.reconstruct.reconstruct`), so the scan measures what the cut costs once recovered, as
+            ``prune(reconstruct=...)`` delivers it, rather than the collapse of an untouched network. None: off.
+        reconstruct_images: Training images the re-fit uses (loaded once for the whole scan).
         project: Parent folder of the run folder.
         name: Run folder name; ``exp``, ``exp2``, ... so nothing is overwritten.
         verbose: Log progress.
@@ -209,10 +245,15 @@ def run_sensitivity(
     from ..rules.attention import check_attention
     from ..rules.blocks import check_supported
     from .importance import collect_gradients, get_importance, needs_gradients
+    from .reconstruct import calibration_images, check_reconstruct
+    from .reconstruct import reconstruct as refit
 
     if model is None or data is None:
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
     ratio_list = check_ratios(ratios)
+    reconstruct = check_reconstruct(reconstruct)
+    if not _whole(reconstruct_images):
+        raise ValueError(f"reconstruct_images must be a whole number >= 1, got {reconstruct_images!r}")
     device = resolve_device(device)
     importance = get_importance(method)
     yolo = load_yolo(model)
@@ -220,7 +261,7 @@ def run_sensitivity(
     base = copy.deepcopy(yolo.model).float().cpu()
     stage_list = _check_stages(stages, len(base.model))
     data_yaml = resolve_data(data)
-    if images is not None and (isinstance(images, bool) or not float(images).is_integer() or int(images) < 1):
+    if images is not None and not _whole(images):
         raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")
     run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
     val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
@@ -235,26 +276,52 @@ def run_sensitivity(
         options["gradients"] = collect_gradients(
             base, data_yaml, method, batches=calib_batches, imgsz=imgsz, device=device
         )
+    calib = calibration_images(base, data_yaml, int(reconstruct_images), batch, imgsz, "cpu") if reconstruct else None
+    if reconstruct and not calib:
+        raise ValueError(f"reconstruct='{reconstruct}' needs training images, and '{data}' has none")
     val_args = {"imgsz": imgsz, "batch": batch, "device": device}
+    seconds = {"validate": 0.0, "prune": 0.0, "reconstruct": 0.0}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="yolo_prune_sens_") as tmp:
         val_args.update(project=tmp, name="val", exist_ok=True)  # validator folders stay out of the run folder
-        baseline = validate(base, val_yaml, **val_args)
+        tick = time.perf_counter()
+        with _quiet():
+            baseline = validate(base, val_yaml, **val_args)
+        one = time.perf_counter() - tick
+        seconds["validate"] += one
         base_macs = count_gflops(base, imgsz) / 2
+        probes = len(stage_list) * len(ratio_list)
+        LOGGER.info(
+            f"{PREFIX}sensitivity scan: {len(stage_list)} layers x {len(ratio_list)} ratios, up to {probes} validations"
+            f" of {one:.1f} s each (the baseline's){' + a re-fit each' if reconstruct else ''}: about "
+            f"{_duration(probes * one)} or more"
+        )
         rows = []
+        bar = TQDM(total=probes, desc=f"{PREFIX}sensitivity", unit="cut")
         for stage in stage_list:
             layer = base.model[stage]
             row = {"stage": stage, "type": type(layer).__name__, "prunable": False, "results": []}
             for ratio in ratio_list:
+                tick = time.perf_counter()
                 module, stats = _prune_stage(base, stage, ratio, importance, options, seed)
+                seconds["prune"] += time.perf_counter() - tick
                 result = {"ratio": ratio, "channels_removed": stats.channels_removed, "params": stats.params_after}
                 if stats.channels_removed or stats.heads_removed:
                     row["prunable"] = True
-                    metrics = validate(module, val_yaml, **val_args)
+                    with _quiet():
+                        if reconstruct:
+                            tick = time.perf_counter()
+                            refit(module, base, calib, reconstruct, device=device)
+                            seconds["reconstruct"] += time.perf_counter() - tick
+                        tick = time.perf_counter()
+                        metrics = validate(module, val_yaml, **val_args)
+                        seconds["validate"] += time.perf_counter() - tick
                     result.update(metrics, macs_kept=count_gflops(module, imgsz) / 2 / base_macs)
                 else:
                     result.update(baseline, macs_kept=1.0)
                 result["drop"] = baseline["map50_95"] - result["map50_95"]
                 row["results"].append(result)
+                bar.update(1)
                 if verbose:
                     LOGGER.info(
                         f"{PREFIX}sensitivity layer {stage} ({row['type']}) ratio {ratio}: "
@@ -262,14 +329,25 @@ def run_sensitivity(
                         f"(drop {result['drop']:+.4f})"
                     )
             rows.append(row)
+        bar.close()
+    seconds["total"] = time.perf_counter() - start
+    seconds["other"] = seconds["total"] - seconds["validate"] - seconds["prune"] - seconds["reconstruct"]
+    seconds = {k: round(v, 1) for k, v in seconds.items()}
+    LOGGER.info(
+        f"{PREFIX}sensitivity scan took {_duration(seconds['total'])}: validation {seconds['validate']:.0f} s, "
+        f"pruning {seconds['prune']:.0f} s, re-fit {seconds['reconstruct']:.0f} s, other {seconds['other']:.0f} s"
+    )
     results = {
         "model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
         "data": str(data),
         "method": str(method).lower(),
         "imgsz": imgsz,
         "images": images,
+        "reconstruct": reconstruct,
+        "reconstruct_images": int(reconstruct_images) if reconstruct else None,
         "fingerprint": model_fingerprint(base),
         "ratios": ratio_list,
+        "seconds": seconds,
         "metric": "map50_95",
         "baseline": baseline,
         "stages": rows,

@@ -33,6 +33,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -466,7 +467,8 @@ def _copy_atomic(src: Path, dst: Path) -> Path:
 
 
 def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir: Path) -> dict:
-    """Measure one model (an in-memory module, so every row's size is the same FP16 ``YOLO.save`` convention)."""
+    """Measure one model (an in-memory module, so every row's size is the same FP16 ``YOLO.save`` convention); its
+    latency is timed at the end of the run, beside every other row's (`_time_side_by_side`)."""
     from ..measurement.measure import measure_model
 
     row = measure_model(
@@ -475,7 +477,7 @@ def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir
         imgsz=args["imgsz"],
         batch=1,
         device=args["device"],
-        backends=args["backends"],
+        backends=[],
         runs=args["runs"],
         warmup=args["warmup"],
         out_dir=out_dir,
@@ -485,6 +487,37 @@ def _measure(model: Any, name: str, path: Path | str | None, args: dict, out_dir
     )
     row["path"] = str(path) if path is not None else None
     return row
+
+
+def _time_side_by_side(rows: list[dict], models: dict[str, Any], args: dict, out_dir: Path) -> list[str]:
+    """Time every row on every backend in interleaved rounds (`yolo_prune.measurement.side_by_side`); return the
+    report notes on how, and a warning when the timings were noisy.
+
+    ``models`` maps row names to their in-memory modules; INT8 rows are timed from their exported OpenVINO folders.
+    """
+    from ultralytics.utils import LOGGER, colorstr
+
+    from ..measurement.measure import resolve_backends
+    from ..measurement.side_by_side import time_rows, timing_notes
+
+    labels, errors = resolve_backends(args["backends"], args["device"])
+    for row in rows:
+        row["errors"].update(errors)
+    sources = []
+    for row in rows:
+        if row["name"] in models:
+            sources.append(dict.fromkeys(labels, models[row["name"]]))
+        elif row.get("openvino_path"):
+            sources.append({b: row["openvino_path"] for b in labels if b.startswith("openvino")})
+        else:
+            sources.append({})
+    LOGGER.info(
+        f"{colorstr('prune: ')}timing {sum(bool(s) for s in sources)} models side by side on {', '.join(labels)} "
+        f"({args['runs']} interleaved rounds)"
+    )
+    threads = args["threads"]
+    time_rows(rows, sources, labels, args["imgsz"], 1, threads, args["device"], args["runs"], args["warmup"], out_dir)
+    return timing_notes(rows, labels, args["imgsz"], threads)
 
 
 def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args: dict, out_dir: Path) -> list[dict]:
@@ -718,6 +751,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     try:
         LOGGER.info(f"{prefix}measuring the baseline")
         rows = [_measure(baseline.model, "baseline", args["model"], args, measure_dir)]
+        models = {"baseline": baseline.model}  # row name -> module, timed side by side at the end
         base_map = rows[0].get("map50_95")
         LOGGER.info(f"{prefix}baseline mAP50-95={_f(base_map)} mAP50={_f(rows[0].get('map50'))}")
         base_macs = count_gflops(baseline.model, args["imgsz"])
@@ -734,6 +768,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
             sparse_ckpt = _sparse_train(baseline, run_dir, args, train_args)
             current = load_yolo(str(sparse_ckpt))
             rows.append(_measure(current.model, "sparse", sparse_ckpt, args, measure_dir))
+            models["sparse"] = current.model
             last_good = sparse_ckpt
         curves = _sensitivity_curves(current, run_dir, args) if args["allocation"] == "sensitivity" else None
         steps: list[dict] = []  # per finished step: row and checkpoints
@@ -802,6 +837,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
                 best = last = weights / f"step{step}-pruned.pt" if args["steps"] > 1 else pruned_path
             current = load_yolo(str(best))
             row = _measure(current.model, f"step{step}", best, args, measure_dir)
+            models[f"step{step}"] = current.model
             row["step"] = step
             if before_ft is not None:
                 row["map50_95_before_ft"] = before_ft
@@ -838,11 +874,18 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         best_out = _copy_atomic(chosen["best"], weights / "best.pt")
         _copy_atomic(chosen["last"], weights / "last.pt")
         last_good = best_out
-        final = {**chosen["row"], "name": "final", "path": str(best_out), "from_step": chosen["row"]["step"]}
+        final = {
+            **copy.deepcopy(chosen["row"]),
+            "name": "final",
+            "path": str(best_out),
+            "from_step": chosen["row"]["step"],
+        }
         rows += [s["row"] for s in steps] if args["steps"] > 1 else []
         rows.append(final)
+        models["final"] = models[f"step{chosen['row']['step']}"]
         if args["int8"]:
             rows += _int8_rows(baseline.model, rows[0], best_out, final, args, measure_dir / "int8")
+        notes += _time_side_by_side(rows, models, args, measure_dir)
     except KeyboardInterrupt as e:
         trainer_last = run_dir / f"step{step}" / "weights" / "last.pt"
         if step and trainer_last.is_file() and (last_good is None or last_good.name == "pruned.pt"):

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..integration.args import did_you_mean, is_none, rename_args, renamed_kwargs, resolve_device
-from .measure import measure_model, new_row
+from .measure import measure_model, new_row, resolve_backends
 from .report import format_table, write_report
+from .side_by_side import time_rows, timing_notes
 
 __all__ = ["BENCH_DEFAULTS", "parse_bench_args", "run_bench"]
 
@@ -167,7 +168,8 @@ def run_bench(
     check_output_folder(project)
     run_dir = increment_path(Path(project) / name, mkdir=True)
     LOGGER.info(f"{prefix}batch={batch} (validation), latency_batch={latency_batch}")
-    rows = []
+    labels, errors = resolve_backends(backends, device)
+    rows, sources = [], []  # sources: per row, what each backend times (see side_by_side.time_rows)
     for i, (model, label) in enumerate(zip(models, _row_names(models), strict=True), 1):
         LOGGER.info(f"{prefix}({i}/{len(models)}) {model}")
         try:
@@ -177,7 +179,7 @@ def run_bench(
                 imgsz=imgsz,
                 batch=latency_batch,
                 device=device,
-                backends=backends,
+                backends=[],  # timed below, every model beside the others
                 runs=runs,
                 warmup=warmup,
                 out_dir=run_dir,
@@ -188,6 +190,8 @@ def run_bench(
         except Exception as e:  # measure_model records its own failures; this is a last resort
             row = new_row(label, model, errors={"bench": f"{type(e).__name__}: {e}"})
         rows.append(row)
+        row["errors"].update(errors)
+        sources.append({} if {"load", "bench"} & set(row["errors"]) else dict.fromkeys(labels, model))
         if int8 and not {"load", "bench"} & set(row["errors"]):
             from .quantize import measure_int8
 
@@ -196,7 +200,12 @@ def run_bench(
                 model, data, imgsz, run_dir / "int8", label, row, runs=runs, warmup=warmup, threads=threads
             )
             rows.append(int8_row)
-    files = write_report(rows, run_dir, title="yolo-prune bench", command=command)
+            ov = int8_row.get("openvino_path")
+            sources.append({b: ov for b in labels if b.startswith("openvino")} if ov else {})
+    LOGGER.info(f"{prefix}timing {len(rows)} models side by side on {', '.join(labels)} ({runs} interleaved rounds)")
+    time_rows(rows, sources, labels, imgsz, latency_batch, threads, device, runs, warmup, run_dir)
+    notes = timing_notes(rows, labels, imgsz, threads)
+    files = write_report(rows, run_dir, title="yolo-prune bench", command=command, notes=notes)
     LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
     LOGGER.info(f"{prefix}report written to {colorstr('bold', run_dir)}: {', '.join(p.name for p in files.values())}")
     return run_dir

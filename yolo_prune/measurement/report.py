@@ -79,6 +79,8 @@ def compare_to_baseline(rows: list[dict]) -> list[dict]:
     for row in rows:
         macs = _ratio(base.get("gflops"), row.get("gflops"))
         speedup = {b: _ratio(base_lat.get(b), t) for b, t in (row.get("latency_ms") or {}).items()}
+        # timed side by side: the median of the per-round speed-ups (yolo_prune.measurement.side_by_side)
+        speedup.update({b: d["median"] for b, d in (row.get("speedup_detail") or {}).items() if b in speedup})
         speedup = {b: s for b, s in speedup.items() if s is not None}
         efficiency = {b: s / macs for b, s in speedup.items() if macs}
         out.append({"macs_ratio": macs, "speedup": speedup, "efficiency": efficiency})
@@ -187,12 +189,12 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             *(_fmt(row.get(k), ".4f") for k in extra),
         ]
         lat = row.get("latency_ms") or {}
+        spread = row.get("speedup_detail") or {}
         for b in backends:
-            line += [
-                _fmt(lat.get(b), ".2f"),
-                _fmt(cmp["speedup"].get(b), ".2f", "x"),
-                _fmt(cmp["efficiency"].get(b), ".2f"),
-            ]
+            x = _fmt(cmp["speedup"].get(b), ".2f", "x")
+            if b in spread and row is not rows[0]:
+                x += f" ({spread[b]['p10']:.2f}-{spread[b]['p90']:.2f})"
+            line += [_fmt(lat.get(b), ".2f"), x, _fmt(cmp["efficiency"].get(b), ".2f")]
         cells.append(line)
     return header, cells
 
@@ -259,7 +261,8 @@ def _csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
     extra = task_metrics_in(rows)
     fields = ["name", "path", "params", "gflops", "macs_ratio", "size_mb", "map50_95", "map50", *extra]
     for b in backends:
-        fields += [f"{b}_ms", f"{b}_p10_ms", f"{b}_p90_ms", f"{b}_threads", f"{b}_speedup", f"{b}_efficiency"]
+        fields += [f"{b}_ms", f"{b}_p10_ms", f"{b}_p90_ms", f"{b}_threads", f"{b}_speedup"]
+        fields += [f"{b}_speedup_p10", f"{b}_speedup_p90", f"{b}_efficiency"]
     fields.append("errors")
     flat = []
     for row, cmp in zip(rows, compare_to_baseline(rows), strict=True):
@@ -271,6 +274,8 @@ def _csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
             d[f"{b}_p10_ms"], d[f"{b}_p90_ms"] = detail.get("p10_ms"), detail.get("p90_ms")
             d[f"{b}_threads"] = detail.get("threads")
             d[f"{b}_speedup"], d[f"{b}_efficiency"] = cmp["speedup"].get(b), cmp["efficiency"].get(b)
+            spread = (row.get("speedup_detail") or {}).get(b) or {}
+            d[f"{b}_speedup_p10"], d[f"{b}_speedup_p90"] = spread.get("p10"), spread.get("p90")
         d["errors"] = "; ".join(f"{k}: {v}" for k, v in (row.get("errors") or {}).items())
         flat.append(d)
     return fields, flat

@@ -83,12 +83,18 @@ def _command_line(argv: list[str]) -> str:
 def _prune(args: dict[str, Any], command: str) -> Path:
     """Run ``yolo-prune prune``."""
     from .pipeline import parse_prune_args, run_prune
+    from .sweep import run_sweep, sweep_targets
 
     try:
-        parse_prune_args(args)  # fail on bad input before loading anything
+        sweep = sweep_targets(args)
+        if sweep is None:
+            parse_prune_args(args)  # fail on bad input before loading anything
+        else:
+            for target in sweep[1]:
+                parse_prune_args({**args, sweep[0]: target})
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return run_prune(command=command, **args)
+    return run_prune(command=command, **args) if sweep is None else run_sweep(command=command, **args)
 
 
 def _bench(args: dict[str, Any], command: str) -> Path:
@@ -194,6 +200,9 @@ def usage(command: str | None = None) -> str:
             f"  example: {PROG} prune model=best.pt data=data.yaml target_latency=0.5 backend=onnx threads=1\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml ratio=0.6 steps=3 epochs=5 max_map_drop=0.02 "
             "allocation=uniform backends=torch,onnx\n"
+            f"  sweep: {PROG} prune model=best.pt data=data.yaml target_latency=0.7,0.5,0.35 name=sweep  (one scan, "
+            "one pruned model per target in its own subfolder, one table and one plot of mAP against measured "
+            "speed-up; the same command continues an interrupted sweep)\n"
             f"  example: {PROG} prune model=best.pt data=data.yaml target_macs=0.5 int8=True  (INT8 OpenVINO rows for "
             "baseline and final model; pip install openvino nncf)\n"
             "  steps=1 (default) is one-shot: prune once, then fine-tune; steps=k repeats prune + fine-tune k times "
@@ -205,6 +214,8 @@ def usage(command: str | None = None) -> str:
             "reconstruct_images=256 training images before any training (bn: BatchNorm statistics only; none: off).\n"
             "  fine-tuning lr0 = 0.4 x the peak lr0 the input checkpoint was trained with (lr0= overrides); best.pt is "
             "the model before fine-tuning unless an epoch beats it.\n"
+            "  every row of the report is timed side by side at the end (interleaved rounds); x = the median of the "
+            "per-round speed-ups, with its 10-90 % range.\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
             f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"
@@ -250,7 +261,7 @@ def unmeasured(run_dir: Path, command: str) -> str | None:
     """Return one line saying what could not be validated or measured in a finished run, or None if all was.
 
     Read from the run's ``report.json``: the ``final`` row (and the INT8 rows of ``int8=True``) for ``prune``/``demo``,
-    every row for ``bench``.
+    every row for ``bench`` and for a sweep of ``prune``.
 
     Args:
         run_dir (Path): The run folder returned by the command.
@@ -264,7 +275,8 @@ def unmeasured(run_dir: Path, command: str) -> str | None:
         rows = json.loads(report.read_text())["rows"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"the run finished without a readable report ({report})"
-    checked = rows if command == "bench" else [r for r in rows if r.get("name") == "final"]
+    sweep = (Path(run_dir) / "sweep.json").is_file()  # a sweep's report: the input model, then one row per target
+    checked = rows if command == "bench" or sweep else [r for r in rows if r.get("name") == "final"]
     if not checked:
         return f"the report {report} has no final model row"
     if command != "bench":

@@ -251,7 +251,7 @@ def _markdown(rows: list[dict], title: str, machine: dict, notes: list[str], par
     if notes:
         md += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     if pareto:
-        md += ["", f"![mAP50-95 against latency]({pareto})"]
+        md += ["", f"![mAP50-95 against measured speed-up]({pareto})"]
     return "\n".join(md) + "\n"
 
 
@@ -282,15 +282,17 @@ def _csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
 
 
 def _plot_pareto(rows: list[dict], path: Path) -> str | None:
-    """Plot mAP50-95 against latency on the first backend that has both; return a note when skipped."""
+    """Plot mAP50-95 against the measured speed-up over the first row (with its 10-90 % range as error bars when the
+    rows were timed side by side) on the first backend that has both; return a note when skipped."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    comparisons = compare_to_baseline(rows)
     for backend in backends_in(rows):
         points = [
-            (row["latency_ms"][backend], row["map50_95"], str(row.get("name", "?")))
-            for row in rows
-            if _num((row.get("latency_ms") or {}).get(backend)) is not None and _num(row.get("map50_95")) is not None
+            (cmp["speedup"][backend], row["map50_95"], str(row.get("name", "?")), (row.get("speedup_detail") or {}))
+            for row, cmp in zip(rows, comparisons, strict=True)
+            if _num(cmp["speedup"].get(backend)) is not None and _num(row.get("map50_95")) is not None
         ]
         if points:
             break
@@ -299,13 +301,14 @@ def _plot_pareto(rows: list[dict], path: Path) -> str | None:
     fig = Figure(figsize=(6, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    xs, ys, names = zip(*points, strict=True)
-    ax.scatter(xs, ys, color="tab:blue", zorder=3)
-    for x, y, n in points:
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(f"median latency (ms, {backend})")
+    for x, y, name, spread in points:
+        d = spread.get(backend)
+        err = [[x - d["p10"]], [d["p90"] - x]] if d else None
+        ax.errorbar([x], [y], xerr=err, fmt="o", color="tab:blue", capsize=3, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(f"measured speed-up over {rows[0].get('name', 'the first row')} ({backend}, x)")
     ax.set_ylabel("mAP50-95")
-    ax.set_title("accuracy against latency")
+    ax.set_title("accuracy against measured speed-up")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from datetime import datetime
@@ -85,6 +86,23 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "default-2x-uniform": ("pipeline", {"allocation": "uniform"}),
     # the defaults with the scan measuring each cut re-fitted (reconstruct inside the scan)
     "default-2x-scanls": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls"}),
+    "default-2x-scanls-e30": (
+        "pipeline",
+        {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "epochs": 30},
+    ),  # fmt: skip
+    # the time target on the deployment backend instead of MACs, from the same scan
+    "latency-2x-scanls": (
+        "pipeline",
+        {
+            "scan_images": 100,
+            "runs": 3,
+            "warmup": 1,
+            "scan_cache": "sensitivity-ls",
+            "target_latency": 0.5,
+            "backend": "onnx",
+            "threads": 1,
+        },
+    ),  # fmt: skip
 }
 
 
@@ -225,6 +243,31 @@ def run_pipeline(out: Path, data: str, name: str, seed: int, user: Path, setting
     }
 
 
+def speed(out: Path, results: dict, rows: list[str], rounds: int = 50) -> dict:
+    """Time the user's model and the given pipeline rows' best.pt side by side (ONNX Runtime, 1 thread, 320 and
+    640 px, interleaved rounds); return ``{imgsz: {row: {speedup, p10, p90, ms}}}`` and write ``speed.json``."""
+    from yolo_prune.measurement.measure import new_row
+    from yolo_prune.measurement.side_by_side import time_rows
+
+    paths = {"user": out / "models" / "user.pt"}
+    for name in rows:
+        tag = next(t for t, r in results.items() if r["row"] == name)
+        paths[name] = out / "prune" / tag / "weights" / "best.pt"
+    found: dict = {}
+    for imgsz in (IMGSZ, 640):
+        table_rows = [new_row(n) for n in paths]
+        sources = [{"onnx_cpu": str(p)} for p in paths.values()]
+        with tempfile.TemporaryDirectory() as tmp:
+            time_rows(table_rows, sources, ["onnx_cpu"], imgsz, 1, 1, rounds=rounds, warmup=5, work=tmp)
+        found[imgsz] = {
+            r["name"]: {"ms": r["latency_ms"]["onnx_cpu"], **r.get("speedup_detail", {}).get("onnx_cpu", {})}
+            for r in table_rows
+        }
+        log(f"speed at {imgsz}: " + ", ".join(f"{n} {v.get('median', 1):.2f}x" for n, v in found[imgsz].items()))
+    (out / "speed.json").write_text(json.dumps(found, indent=1))
+    return found
+
+
 def table(results: dict, user: dict) -> str:
     """Markdown table: each row's mAP50-95 before and after fine-tuning, against the model as brought."""
     brought = user["as_brought"]["map50_95"]
@@ -256,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", default=list(ROWS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--speed", nargs="*", default=None, help="time these pipeline rows against the user's model")
     parser.add_argument("--results", type=Path, default=None, help="copy results.json, user.json and table.md here")
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -279,12 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                 tmp = results_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(results, indent=1))
                 tmp.replace(results_file)
+    if args.speed:
+        speed(out, results, args.speed)
     text = table(results, user_record)
     (out / "table.md").write_text(text)
     print(text)
     if args.results:
         args.results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "user.json", "table.md"):
+        for name in ("results.json", "user.json", "table.md", "speed.json"):
             if (out / name).is_file():
                 shutil.copyfile(out / name, args.results / name)
     return 0

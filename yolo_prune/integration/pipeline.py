@@ -68,7 +68,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "scan_ratios": (0.3, 0.5, 0.7),  # ratios each layer is pruned at, alone, by the sensitivity scan
     "scan_images": 200,  # validation images used by the sensitivity scan (None = all)
     "steps": 1,  # pruning rounds toward the target, each followed by `epochs` of fine-tuning
-    "epochs": 10,  # fine-tuning epochs per step; 0 = prune only
+    "epochs": None,  # fine-tuning epochs per step; None = 10, more on a small set (min_images); 0 = prune only
+    "min_images": 4500,  # with epochs unset: fine-tuning sees at least this many training images per step
     "distill": True,  # fine-tune with knowledge distillation from the unpruned input .pt (off for a yaml input)
     "distill_model": None,  # another teacher checkpoint for distillation (implies distill=True)
     "sparse_epochs": 0,  # train the model this many epochs with a sparsity penalty before pruning
@@ -120,6 +121,7 @@ _INT_KEYS = {
     "seed": 0,
     "sparse_epochs": 0,
     "reconstruct_images": 1,
+    "min_images": 0,
 }
 
 
@@ -231,7 +233,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         args["target_macs"] = None
     args["backend"] = check_backend(args["backend"])
     for key, minimum in _INT_KEYS.items():
-        args[key] = _as_int(key, args[key], minimum)
+        args[key] = None if key == "epochs" and is_none(args[key]) else _as_int(key, args[key], minimum)
     args["threads"] = None if is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
     if is_none(args["max_map_drop"]):
         args["max_map_drop"] = None
@@ -717,7 +719,7 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     from ..measurement.report import format_table, write_report
     from ..policy.prune import prune
     from .checkpoint import load_yolo, save_checkpoint
-    from .recipe import finetune_defaults
+    from .recipe import count_images, finetune_defaults, finetune_epochs
 
     prefix = colorstr("prune: ")
     args = parse_prune_args(kwargs)
@@ -725,7 +727,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     args["data"] = resolve_data(args["data"])
     baseline = _load_baseline(args["model"], args["data"])  # ValueError for a missing or unreadable model
     head = baseline.model.model[-1]
-    check_dataset_matches(args["data"], int(head.nc), getattr(head, "kpt_shape", None))
+    info = check_dataset_matches(args["data"], int(head.nc), getattr(head, "kpt_shape", None))
+    args["epochs"], budget_note = finetune_epochs(args["epochs"], count_images(info.get("train")), args["min_images"])
 
     teacher = resolve_teacher(args, baseline) if args["distill"] else None
 
@@ -743,6 +746,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     train_args = {**recipe, "seed": args["seed"], **args["train_args"]}
     if not {"optimizer", "lr0"} & set(args["train_args"]):
         LOGGER.info(f"{prefix}fine-tuning {recipe_reason}")
+    if budget_note:
+        LOGGER.info(f"{prefix}{budget_note}")
     if teacher:
         train_args["distill_model"] = teacher
     last_good: Path | None = None
@@ -907,6 +912,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     )
     fine_tune = {k: v for k, v in train_args.items() if k != "distill_model"}
     notes.append(f"fine-tuning arguments: {', '.join(f'{k}={v}' for k, v in fine_tune.items())} ({recipe_reason})")
+    if budget_note:
+        notes.append(budget_note)
     if args["max_map_drop"] is not None:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")

@@ -16,7 +16,17 @@ from yolo_prune import __version__
 from yolo_prune.integration.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["epochs=1", "imgsz=64", "batch=8", "workers=0", "plots=False", "runs=2", "warmup=1", "allocation=uniform"]
+TINY = [
+    "epochs=1",
+    "imgsz=64",
+    "batch=8",
+    "workers=0",
+    "plots=False",
+    "runs=2",
+    "warmup=1",
+    "allocation=uniform",
+    "backends=torch",
+]
 
 
 def yolo_prune(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ QUICK = {
     "warmup": 1,
     "allocation": "uniform",
     "ratio": 0.5,
+    "backends": "torch",
 }
 
 

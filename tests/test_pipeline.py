@@ -12,7 +12,16 @@ from yolo_prune.integration import pipeline
 from yolo_prune.integration.pipeline import PRUNE_DEFAULTS, budget_exceeded, parse_prune_args, run_prune, step_ratio
 from yolo_prune.measurement.measure import count_params, new_row
 
-QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
+QUICK = {
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "plots": False,
+    "runs": 2,
+    "warmup": 1,
+    "allocation": "uniform",
+    "backends": "torch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +71,14 @@ def test_parse_prune_args() -> None:
     assert args["steps"] == 2 and args["max_map_drop"] is None
     assert args["ratio"] is None and args["target_macs"] == 0.5  # default: 2x fewer MACs
     assert args["allocation"] == "sensitivity" and args["distill"] is True
+    assert args["epochs"] is None and args["min_images"] == 4500  # the budget follows the training set's size
+    assert args["latency_imgsz"] == args["imgsz"] == 640 and args["backends"] == ("torch", "onnx")
+    assert (
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "imgsz": 320, "latency_imgsz": 640})["latency_imgsz"]
+        == 640
+    )
+    with pytest.raises(ValueError, match="latency_imgsz"):
+        parse_prune_args({"model": "m.pt", "data": "d.yaml", "latency_imgsz": 8})
     with pytest.raises(ValueError, match="not both"):
         parse_prune_args({"model": "m.pt", "data": "d.yaml", "ratio": 0.3, "target_macs": 0.5})
     with pytest.raises(ValueError, match="allocation"):

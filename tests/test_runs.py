@@ -18,7 +18,7 @@ from yolo_prune.integration.cli import main, unmeasured
 from yolo_prune.integration.pipeline import check_output_folder, run_prune
 from yolo_prune.measurement.report import write_report
 
-QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 1, "warmup": 1}
+QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 1, "warmup": 1, "backends": "torch"}
 
 
 def _files(folder: Path) -> set[str]:

@@ -32,7 +32,16 @@ DATA = {"segment": "shapes-seg.yaml", "pose": "shapes-pose.yaml", "obb": "shapes
 # Every family that ships segment/pose/obb yamls, at its smallest scale (yolov9c-seg is the only v9 task yaml).
 FAMILIES = [f"{f}-{t}.yaml" for f in ("yolov8n", "yolo11n", "yolo12n", "yolo26n") for t in ("seg", "pose", "obb")]
 FAMILIES.append("yolov9c-seg.yaml")
-QUICK = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "runs": 2, "warmup": 1, "allocation": "uniform"}
+QUICK = {
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "plots": False,
+    "runs": 2,
+    "warmup": 1,
+    "allocation": "uniform",
+    "backends": "torch",
+}
 QUICK_TRAIN = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "device": "cpu", "val": False}
 TASK_KEYS = {"segment": ("map50_95_mask", "map50_mask"), "pose": ("map50_95_pose", "map50_pose"), "obb": ()}
 

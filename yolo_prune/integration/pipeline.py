@@ -85,7 +85,8 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "reconstruct": "ls",  # re-fit pruned convs to the unpruned ones on train images before training: ls, seq, bn, none
     "reconstruct_images": 256,  # training images for reconstruct
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
-    "backends": "torch",  # latency backends: torch, onnx, openvino (comma-separated)
+    "backends": "torch,onnx",  # latency backends: torch, onnx, openvino (comma-separated)
+    "latency_imgsz": None,  # image size the report times at (the deployment size); None = imgsz
     "int8": False,  # also quantize baseline and final model to INT8 (OpenVINO + NNCF) and report both (adds openvino)
     "runs": 50,  # timed latency runs per backend
     "warmup": 10,  # untimed latency runs per backend
@@ -235,6 +236,8 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, minimum in _INT_KEYS.items():
         args[key] = None if key == "epochs" and is_none(args[key]) else _as_int(key, args[key], minimum)
     args["threads"] = None if is_none(args["threads"]) else _as_int("threads", args["threads"], 1)
+    li = args["latency_imgsz"]
+    args["latency_imgsz"] = args["imgsz"] if is_none(li) else _as_int("latency_imgsz", li, 32)
     if is_none(args["max_map_drop"]):
         args["max_map_drop"] = None
     else:
@@ -517,9 +520,9 @@ def _time_side_by_side(rows: list[dict], models: dict[str, Any], args: dict, out
         f"{colorstr('prune: ')}timing {sum(bool(s) for s in sources)} models side by side on {', '.join(labels)} "
         f"({args['runs']} interleaved rounds)"
     )
-    threads = args["threads"]
-    time_rows(rows, sources, labels, args["imgsz"], 1, threads, args["device"], args["runs"], args["warmup"], out_dir)
-    return timing_notes(rows, labels, args["imgsz"], threads)
+    threads, size = args["threads"], args["latency_imgsz"]
+    time_rows(rows, sources, labels, size, 1, threads, args["device"], args["runs"], args["warmup"], out_dir)
+    return timing_notes(rows, labels, size, threads)
 
 
 def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args: dict, out_dir: Path) -> list[dict]:

@@ -137,12 +137,12 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     labels, _ = resolve_backends(args["backends"], args["device"])
     sources = [dict.fromkeys(labels, s["model"]) for s in sources]
     LOGGER.info(f"{prefix}timing the input model and {len(targets)} pruned models side by side on {', '.join(labels)}")
-    threads = args["threads"]
-    time_rows(rows, sources, labels, args["imgsz"], 1, threads, args["device"], args["runs"], args["warmup"], run_dir)
+    threads, size = args["threads"], args["latency_imgsz"]
+    time_rows(rows, sources, labels, size, 1, threads, args["device"], args["runs"], args["warmup"], run_dir)
     notes = [f"{key}={t:g}: {outs[t].name}/weights/best.pt (its own report in {outs[t].name}/)" for t in targets]
     if "sensitivity" in common:
         notes.append(f"every target allocated from one sensitivity scan: {common['sensitivity']}")
-    notes += timing_notes(rows, labels, args["imgsz"], threads)
+    notes += timing_notes(rows, labels, size, threads)
     files = write_report(rows, run_dir, title="yolo-prune prune sweep", command=command, notes=notes)
     sweep_file.write_text(json.dumps({**json.loads(sweep_file.read_text()), "finished": True}, indent=1))
     LOGGER.info(f"{prefix}results (first row is the input model):\n{format_table(rows)}")

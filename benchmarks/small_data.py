@@ -91,8 +91,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "epochs": 30},
     ),  # fmt: skip
     # the MACs target at the MACs the latency target below needed (2.83x), from the same scan: equal measured speed
-    "default-2.8x-scanls": ("pipeline", {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls",
-                                         "target_macs": 0.354}),  # fmt: skip
+    "default-2.8x-scanls": (
+        "pipeline",
+        {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "target_macs": 0.354},
+    ),  # fmt: skip
     # the time target on the deployment backend instead of MACs, from the same scan
     "latency-2x-scanls": (
         "pipeline",

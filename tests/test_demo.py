@@ -43,7 +43,12 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     assert not list(cached[0].parent.glob(".train-*"))  # the training folder is removed after caching
 
     again = subprocess.run(
-        [*cmd, f"project={tmp_path}", "epochs=0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [*cmd, f"project={tmp_path}", "epochs=0", "allocation=uniform"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing the cached baseline" in again.stdout + again.stderr

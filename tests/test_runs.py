@@ -35,7 +35,9 @@ def test_relative_project_keeps_every_file_in_the_run_folder_and_yaml_takes_data
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    run_dir = run_prune(model="yolov8n.yaml", data=tiny_data, project="runs/prune", ratio=0.5, epochs=1, **QUICK)
+    run_dir = run_prune(
+        model="yolov8n.yaml", data=tiny_data, project="runs/prune", ratio=0.5, epochs=1, scan_ratios="0.5", **QUICK
+    )  # one scan ratio: the scan's files must land in the run folder too, at a third of the cost
     assert run_dir == Path("runs/prune/exp")
     files = _files(work)
     assert files and all(f.startswith("runs/prune/exp/") for f in files), sorted(files)[:5]
@@ -100,7 +102,7 @@ def test_bench_exits_1_when_a_model_cannot_be_measured(tiny_data, tmp_path, caps
 def _start_prune(model: Path, data: str, project: Path, epochs: int) -> subprocess.Popen:
     """Start ``yolo-prune prune`` in a child process (its own process group, so signals reach only it)."""
     args = [f"model={model}", f"data={data}", f"project={project}", f"epochs={epochs}"]
-    args += [f"{k}={v}" for k, v in {**QUICK, "batch": 4}.items()]
+    args += [f"{k}={v}" for k, v in {**QUICK, "batch": 4, "allocation": "uniform", "reconstruct": "none"}.items()]
     cmd = [sys.executable, "-c", "from yolo_prune.integration.cli import entrypoint; entrypoint()", "prune", *args]
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

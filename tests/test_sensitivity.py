@@ -36,6 +36,7 @@ def test_sensitivity_writes_its_files(tiny_data, tmp_path, capfd):
     head = results["stages"][2]["results"]
     assert head[1]["macs_kept"] < head[0]["macs_kept"] < 1.0
     assert "| 22 | Detect |" in (run / "sensitivity.md").read_text()
+    assert "Scan time" in (run / "sensitivity.md").read_text()
     assert (run / "sensitivity.png").stat().st_size > 1000
     seconds = results["seconds"]  # where the scan's time went, validation and the rest
     assert seconds["validate"] > 0 and seconds["prune"] > 0 and seconds["total"] >= seconds["validate"]

@@ -13,7 +13,11 @@ from test_cli import TINY, digest, save_yolov8n, yolo_prune
 
 from yolo_prune.integration.sweep import sweep_targets
 
-SWEEP_ARGS = [a for a in TINY if not a.startswith("allocation=")] + ["scan_images=4", "scan_ratios=0.5"]
+SWEEP_ARGS = [a for a in TINY if not a.startswith("allocation=")] + [
+    "scan_images=4",
+    "scan_ratios=0.5",
+    "reconstruct=none",
+]
 
 
 @pytest.mark.slow

@@ -68,7 +68,15 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "close_mosaic": 0,
             "seed": 0,
         },
-        "prune": {"target_macs": 0.5, "scan_ratios": (0.5,), "epochs": 1, "runs": 3, "warmup": 1},
+        "prune": {
+            "target_macs": 0.5,
+            "scan_ratios": (0.5,),
+            "epochs": 1,
+            "runs": 3,
+            "warmup": 1,
+            "backends": "torch",
+            "reconstruct_images": 16,
+        },
     },
 }
 # Shared by baseline and fine-tuning; keep demo runs quiet and light on a small CPU

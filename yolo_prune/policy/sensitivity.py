@@ -361,6 +361,17 @@ def run_sensitivity(
     return run_dir
 
 
+def _time_line(seconds: dict | None) -> list[str]:
+    """The scan's time, split into validation and the rest, as a Markdown paragraph (none for old results)."""
+    if not seconds:
+        return []
+    return [
+        f"Scan time {_duration(seconds['total'])}: validation {seconds['validate']:.0f} s, pruning "
+        f"{seconds['prune']:.0f} s, re-fit {seconds['reconstruct']:.0f} s, other {seconds['other']:.0f} s.",
+        "",
+    ]
+
+
 def _markdown(results: dict) -> str:
     """Return the results as a Markdown table: mAP50-95 drop (and MACs kept) per layer and ratio."""
     ratios = results["ratios"]
@@ -371,8 +382,12 @@ def _markdown(results: dict) -> str:
         f"Model `{results['model']}`, data `{results['data']}`, method `{results['method']}`, imgsz "
         f"{results['imgsz']}. Baseline mAP50-95 {base['map50_95']:.4f}, mAP50 {base['map50']:.4f}.",
         "",
-        "Each cell: mAP50-95 drop when only that layer is pruned at the ratio (MACs kept of the whole model).",
+        "Each cell: mAP50-95 drop when only that layer is pruned at the ratio (MACs kept of the whole model)"
+        + (
+            f", each cut re-fitted first (reconstruct={results['reconstruct']})." if results.get("reconstruct") else "."
+        ),
         "",
+        *_time_line(results.get("seconds")),
         "| layer | type | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
         "|---|---|" + "---|" * len(ratios),
     ]

@@ -15,14 +15,15 @@ from .integration.checkpoint import load_yolo, save_checkpoint
 from .integration.trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 from .measurement.hardware import LatencyTable, auto_round_to, padded_macs
 from .measurement.quantize import export_int8, measure_int8
+from .measurement.side_by_side import time_rows
 from .policy.allocate import allocate, curves_from_sensitivity
 from .policy.importance import IMPORTANCE_METHODS, get_importance
 from .policy.prune import PruneStats, prune, prune_detection_model
-from .policy.reconstruct import ReconstructStats, reconstruct
+from .policy.reconstruct import ReconstructStats, calibration_images, reconstruct
 from .policy.sensitivity import run_sensitivity
 from .rules.tasks import TASKS, task_of, trainer_for
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "IMPORTANCE_METHODS",
@@ -37,6 +38,7 @@ __all__ = [
     "TASKS",
     "allocate",
     "auto_round_to",
+    "calibration_images",
     "curves_from_sensitivity",
     "export_int8",
     "get_importance",
@@ -49,5 +51,6 @@ __all__ = [
     "run_sensitivity",
     "save_checkpoint",
     "task_of",
+    "time_rows",
     "trainer_for",
 ]

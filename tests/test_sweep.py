@@ -30,9 +30,10 @@ def test_sweep_three_targets_one_report_stock_checkpoints_and_resume(tiny_data: 
     a resume that re-runs finished targets (their best.pt would change).
     """
     model = save_yolov8n(tmp_path / "v8n-nc6.pt", nc=6)
-    args = ("prune", f"model={model}", f"data={tiny_data}", *SWEEP_ARGS, "ratio=0.1,0.2,0.3", f"project={tmp_path}")
+    args = ("prune", f"model={model}", f"data={tiny_data}", *SWEEP_ARGS, "ratio=0.1,0.2,0.3,0.8", f"project={tmp_path}")
     result = yolo_prune(*args, "name=sweep", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # 0.8 is out of reach of a scan that went to 0.5: that target fails, the others are kept, the command exits 1
+    assert result.returncode == 1 and "ratio=0.8 [prune]" in result.stderr, result.stderr[-3000:]
     run = tmp_path / "sweep"
     subs = ["ratio-0.1", "ratio-0.2", "ratio-0.3"]
     assert all((run / s / "weights" / "best.pt").is_file() for s in subs)
@@ -40,7 +41,11 @@ def test_sweep_three_targets_one_report_stock_checkpoints_and_resume(tiny_data: 
     assert (run / "pareto.png").stat().st_size > 1000
     report = json.loads((run / "report.json").read_text())
     rows = report["rows"]
-    assert [r["name"] for r in rows] == ["baseline", "ratio=0.1", "ratio=0.2", "ratio=0.3"]
+    assert [r["name"] for r in rows] == ["baseline", "ratio=0.1", "ratio=0.2", "ratio=0.3", "ratio=0.8"]
+    assert "out of reach" in rows[4]["errors"]["prune"] and "finished" not in json.loads(
+        (run / "sweep.json").read_text()
+    )
+    rows = rows[:4]
     assert rows[1]["gflops"] > rows[2]["gflops"] > rows[3]["gflops"]
     for r in rows[1:]:
         d = r["speedup_detail"]["torch_cpu"]
@@ -56,16 +61,14 @@ def test_sweep_three_targets_one_report_stock_checkpoints_and_resume(tiny_data: 
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [r["params"] for r in rows[1:]]
 
-    # interrupt the last target after the fact: its report gone, the sweep not finished
+    # interrupt the third target after the fact: its report gone; the same command continues the unfinished sweep
     kept = {s: digest(run / s / "weights" / "best.pt") for s in subs[:2]}
     (run / subs[2] / "report.json").unlink()
-    record = json.loads((run / "sweep.json").read_text())
-    (run / "sweep.json").write_text(json.dumps({k: v for k, v in record.items() if k != "finished"}))
     result = yolo_prune(*args, "name=sweep", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     assert {s: digest(run / s / "weights" / "best.pt") for s in subs[:2]} == kept  # finished targets skipped
     assert (run / subs[2] / "report.json").is_file() and (run / f"{subs[2]}.interrupted").is_dir()
-    assert json.loads((run / "sweep.json").read_text())["finished"] is True
+    assert not (tmp_path / "sweep-2").exists()  # continued in place, not a new run folder
 
 
 def test_sweep_targets_parsing() -> None:

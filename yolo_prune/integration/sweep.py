@@ -77,7 +77,7 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.files import increment_path
 
-    from ..measurement.measure import resolve_backends
+    from ..measurement.measure import new_row, resolve_backends
     from ..measurement.report import format_table, write_report
     from ..measurement.side_by_side import time_rows, timing_notes
     from .checkpoint import load_yolo
@@ -112,7 +112,8 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
             _set_aside(run_dir / "sensitivity")
             _sensitivity_curves(load_yolo(args["model"]), run_dir, args)  # one scan for every target
         common["sensitivity"] = str(run_dir / "sensitivity")
-    outs = {}
+    outs: dict[float, Path] = {}
+    failed: dict[float, str] = {}
     for i, t in enumerate(targets, 1):
         tag = _tag(key, t)
         if (run_dir / tag / "report.json").is_file():
@@ -121,30 +122,42 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
             continue
         _set_aside(run_dir / tag)
         LOGGER.info(f"{prefix}({i}/{len(targets)}) {key}={t:g}")
-        outs[t] = run_prune(command=command, **common, **{key: t}, project=str(run_dir), name=tag)
+        try:
+            outs[t] = run_prune(command=command, **common, **{key: t}, project=str(run_dir), name=tag)
+        except ValueError as e:  # e.g. a target out of reach of the scan: keep the other targets, report this one
+            LOGGER.warning(f"{prefix}{key}={t:g} failed: {e}")
+            failed[t] = str(e)
 
+    if not outs:
+        raise ValueError(f"no target of the sweep could be pruned: {next(iter(failed.values()))}")
     reports = {t: json.loads((d / "report.json").read_text()) for t, d in outs.items()}
-    first = reports[targets[0]]["rows"]
+    first = reports[next(iter(outs))]["rows"]
     rows = [{k: v for k, v in first[0].items() if k not in ("vs_baseline", "speedup_detail")}]
     rows[0].update(latency_ms={}, latency_detail={}, errors={})
     sources = [{"model": args["model"]}]
     for t in targets:
+        if t in failed:  # a row that says why, so the command exits with 1 (cli.unmeasured)
+            rows.append(new_row(f"{key}={t:g}", errors={"prune": failed[t]}))
+            sources.append({})
+            continue
         final = next(r for r in reports[t]["rows"] if r["name"] == "final")
         row = {k: v for k, v in final.items() if k not in ("vs_baseline", "speedup_detail")}
         row.update(name=f"{key}={t:g}", latency_ms={}, latency_detail={}, errors={})
         rows.append(row)
         sources.append({"model": str(outs[t] / "weights" / "best.pt")})
     labels, _ = resolve_backends(args["backends"], args["device"])
-    sources = [dict.fromkeys(labels, s["model"]) for s in sources]
+    sources = [dict.fromkeys(labels, s["model"]) if s else {} for s in sources]
     LOGGER.info(f"{prefix}timing the input model and {len(targets)} pruned models side by side on {', '.join(labels)}")
     threads, size = args["threads"], args["latency_imgsz"]
     time_rows(rows, sources, labels, size, 1, threads, args["device"], args["runs"], args["warmup"], run_dir)
-    notes = [f"{key}={t:g}: {outs[t].name}/weights/best.pt (its own report in {outs[t].name}/)" for t in targets]
+    notes = [f"{key}={t:g}: {outs[t].name}/weights/best.pt (its own report in {outs[t].name}/)" for t in outs]
+    notes += [f"{key}={t:g} failed: {why}" for t, why in failed.items()]
     if "sensitivity" in common:
         notes.append(f"every target allocated from one sensitivity scan: {common['sensitivity']}")
     notes += timing_notes(rows, labels, size, threads)
     files = write_report(rows, run_dir, title="yolo-prune prune sweep", command=command, notes=notes)
-    sweep_file.write_text(json.dumps({**json.loads(sweep_file.read_text()), "finished": True}, indent=1))
+    if not failed:  # a sweep with a failed target stays open: the same command retries that target
+        sweep_file.write_text(json.dumps({**json.loads(sweep_file.read_text()), "finished": True}, indent=1))
     LOGGER.info(f"{prefix}results (first row is the input model):\n{format_table(rows)}")
     LOGGER.info(f"{prefix}report: {', '.join(p.name for p in files.values())} in {colorstr('bold', run_dir)}")
     return run_dir

@@ -174,6 +174,16 @@ def _stats(times_ms: list[float], threads: int, device: str) -> dict:
     }
 
 
+def fused_inference_copy(model: Any, imgsz: int, batch: int, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    """A fused FP32 eval copy of ``model`` (module, YOLO or checkpoint) on ``device``, and a random input for it."""
+    src = _unwrap(load_yolo(model)) if isinstance(model, (str, Path)) else _unwrap(model)
+    module = deepcopy(src).float().eval()
+    if hasattr(module, "fuse"):
+        module = module.fuse(verbose=False)
+    module = module.to(device)
+    return module, torch.rand(batch, _input_channels(module), imgsz, imgsz, device=device)
+
+
 def measure_torch_latency(
     model: Any,
     imgsz: int = 640,
@@ -202,12 +212,7 @@ def measure_torch_latency(
     threads = int(threads or default_threads())
     previous = torch.get_num_threads()
     dev = select_device(device, verbose=False)  # also calls torch.set_num_threads on CPU
-    src = _unwrap(load_yolo(model)) if isinstance(model, (str, Path)) else _unwrap(model)
-    module = deepcopy(src).float().eval()
-    if hasattr(module, "fuse"):
-        module = module.fuse(verbose=False)
-    module = module.to(dev)
-    x = torch.rand(batch, _input_channels(module), imgsz, imgsz, device=dev)
+    module, x = fused_inference_copy(model, imgsz, batch, dev)
     cuda = dev.type == "cuda"
     times = []
     torch.set_num_threads(threads)

@@ -19,7 +19,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +62,11 @@ def backend_runner(
     """
     from .measure import (
         BackendUnavailableError,
-        _input_channels,
         _openvino_xml,
-        _unwrap,
         default_threads,
         export_onnx,
         export_openvino,
-        load_yolo,
+        fused_inference_copy,
         require_openvino,
     )
 
@@ -81,12 +78,7 @@ def backend_runner(
         held = torch.get_num_threads()
         dev = torch.device("cpu") if label == "torch_cpu" else select_device(device, verbose=False)
         torch.set_num_threads(held)  # select_device changes it process-wide
-        src = _unwrap(load_yolo(source)) if isinstance(source, (str, Path)) else _unwrap(source)
-        module = deepcopy(src).float().eval()
-        if hasattr(module, "fuse"):
-            module = module.fuse(verbose=False)
-        module = module.to(dev)
-        x = torch.rand(batch, _input_channels(module), imgsz, imgsz, device=dev)
+        module, x = fused_inference_copy(source, imgsz, batch, dev)
         cuda = dev.type == "cuda"
 
         def run_torch() -> None:

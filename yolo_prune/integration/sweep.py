@@ -77,11 +77,10 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.files import increment_path
 
-    from ..measurement.measure import new_row, resolve_backends
+    from ..measurement.measure import new_row
     from ..measurement.report import format_table, write_report
-    from ..measurement.side_by_side import time_rows, timing_notes
     from .checkpoint import load_yolo
-    from .pipeline import _sensitivity_curves, check_output_folder, parse_prune_args, run_prune
+    from .pipeline import _sensitivity_curves, _time_side_by_side, check_output_folder, parse_prune_args, run_prune
 
     prefix = colorstr("sweep: ")
     found = sweep_targets(kwargs)
@@ -134,27 +133,22 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     first = reports[next(iter(outs))]["rows"]
     rows = [{k: v for k, v in first[0].items() if k not in ("vs_baseline", "speedup_detail")}]
     rows[0].update(latency_ms={}, latency_detail={}, errors={})
-    sources = [{"model": args["model"]}]
+    models = {rows[0]["name"]: args["model"]}  # row name -> what is timed for it
     for t in targets:
         if t in failed:  # a row that says why, so the command exits with 1 (cli.unmeasured)
             rows.append(new_row(f"{key}={t:g}", errors={"prune": failed[t]}))
-            sources.append({})
             continue
         final = next(r for r in reports[t]["rows"] if r["name"] == "final")
         row = {k: v for k, v in final.items() if k not in ("vs_baseline", "speedup_detail")}
         row.update(name=f"{key}={t:g}", latency_ms={}, latency_detail={}, errors={})
         rows.append(row)
-        sources.append({"model": str(outs[t] / "weights" / "best.pt")})
-    labels, _ = resolve_backends(args["backends"], args["device"])
-    sources = [dict.fromkeys(labels, s["model"]) if s else {} for s in sources]
-    LOGGER.info(f"{prefix}timing the input model and {len(targets)} pruned models side by side on {', '.join(labels)}")
-    threads, size = args["threads"], args["latency_imgsz"]
-    time_rows(rows, sources, labels, size, 1, threads, args["device"], args["runs"], args["warmup"], run_dir)
+        models[row["name"]] = str(outs[t] / "weights" / "best.pt")
+    timing = _time_side_by_side(rows, models, args, run_dir)
     notes = [f"{key}={t:g}: {outs[t].name}/weights/best.pt (its own report in {outs[t].name}/)" for t in outs]
     notes += [f"{key}={t:g} failed: {why}" for t, why in failed.items()]
     if "sensitivity" in common:
         notes.append(f"every target allocated from one sensitivity scan: {common['sensitivity']}")
-    notes += timing_notes(rows, labels, size, threads)
+    notes += timing
     files = write_report(rows, run_dir, title="yolo-prune prune sweep", command=command, notes=notes)
     if not failed:  # a sweep with a failed target stays open: the same command retries that target
         sweep_file.write_text(json.dumps({**json.loads(sweep_file.read_text()), "finished": True}, indent=1))

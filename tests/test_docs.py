@@ -28,10 +28,11 @@ def test_ci_runs_the_readme_test_command():
 
 def test_constraints_pin_the_torch_pair():
     """``constraints.txt`` pins torch and torchvision together (PyPI's torchvision alone does not fit a CPU torch), and
-    the OpenCV that draws the built-in data (checked pixel for pixel by tests/test_data.py)."""
+    the OpenCV that draws the built-in data (checked pixel for pixel by tests/test_data.py), and the ModelOpt that
+    qat=True is tested with."""
     lines = [line.strip() for line in (REPO / "constraints.txt").read_text().splitlines()]
     pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
-    assert set(pins) == {"torch", "torchvision", "opencv-python"}
+    assert set(pins) == {"torch", "torchvision", "opencv-python", "nvidia-modelopt"}
 
 
 def test_the_readme_test_command_is_the_last_line_of_ci():

@@ -31,7 +31,7 @@ from ultralytics.engine.model import Model
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel, PoseModel, guess_model_task
 from ultralytics.utils import DEFAULT_CFG_KEYS, LOGGER, SETTINGS, colorstr
-from ultralytics.utils.torch_utils import qat_state, strip_qat
+from ultralytics.utils.torch_utils import is_qat, qat_state, strip_qat
 
 from .compat import migrate_layouts
 
@@ -372,6 +372,11 @@ def _check_detector(yolo: YOLO, what: str) -> YOLO:
     head = module.model[-1] if isinstance(getattr(module, "model", None), torch.nn.Sequential) else None
     if not isinstance(module, DetectionModel) or not isinstance(head, Detect):
         raise ValueError(f"{what} is not a YOLO detection model (no Detect head); {ACCEPTED}")
+    if is_qat(module):
+        raise ValueError(
+            f"{what} is a quantization-aware (QAT) model: prune the FP32 model it was trained from, then add qat=True "
+            "(its fixed quantization ranges do not survive removing channels)"
+        )
     return yolo
 
 

@@ -13,7 +13,8 @@ read. Layout of a run folder::
         sparse/                     the sparse-training run (sparse_epochs > 0)
         step<k>/                    the Ultralytics trainer's own run for step k (weights/last.pt saved every epoch)
         measure/                    validation and ONNX/OpenVINO exports of the measured models
-        measure/int8/               with int8=True: the INT8 OpenVINO models of the baseline and the final model
+        measure/int8/               with int8=<format>: the INT8 exports of the baseline and the final model
+        qat/                        with qat=True: the quantization-aware training run (its checkpoints need ModelOpt)
         report.json, report.md, results.csv, pareto.png
 
 Resuming: an interrupted fine-tune leaves ``exp/step<k>/weights/last.pt`` (and always ``weights/pruned.pt``). Resume
@@ -87,7 +88,9 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "max_map_drop": None,  # stop the schedule once mAP50-95 is more than this below the baseline (absolute)
     "backends": "torch,onnx",  # latency backends: torch, onnx, openvino (comma-separated)
     "latency_imgsz": None,  # image size the report times at (the deployment size); None = imgsz
-    "int8": False,  # also quantize baseline and final model to INT8 (OpenVINO + NNCF) and report both (adds openvino)
+    "int8": False,  # also export baseline and final model to INT8: onnx, openvino (= True), or another INT8 format
+    "qat": False,  # after fine-tuning, `qat_epochs` of quantization-aware training (ModelOpt) -> INT8 ONNX (Q/DQ)
+    "qat_epochs": 3,  # epochs of quantization-aware training with qat=True
     "runs": 50,  # timed latency runs per backend
     "warmup": 10,  # untimed latency runs per backend
     "threads": None,  # CPU threads for latency; None = every usable core
@@ -123,6 +126,7 @@ _INT_KEYS = {
     "sparse_epochs": 0,
     "reconstruct_images": 1,
     "min_images": 0,
+    "qat_epochs": 1,
 }
 
 
@@ -250,7 +254,7 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["method"] = method
     args["attention"] = check_attention(args["attention"])
     args["reconstruct"] = check_reconstruct(args["reconstruct"])
-    for key in ("global_pruning", "distill", "int8"):
+    for key in ("global_pruning", "distill", "qat"):
         if not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
     allocation = str(args["allocation"]).lower()
@@ -288,12 +292,9 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("target_latency= prunes in one step: leave steps=1 (or use target_macs= with steps)")
     backends = args["backends"]
     backends = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else [str(b) for b in backends]
-    if args["int8"]:
-        from ..measurement.quantize import check_int8_available
+    from ..measurement.quantize import check_int8_request
 
-        check_int8_available()  # one line naming the missing pip packages
-        if not any(b.strip().lower().startswith("openvino") for b in backends):
-            backends.append("openvino")  # every row gets the latency the INT8 rows are measured with
+    args["int8"], backends = check_int8_request(args["int8"], backends, args["device"], qat=args["qat"])
     labels, errors = resolve_backends(backends, args["device"])
     if errors or not labels:
         raise ValueError(next(iter(errors.values()), "backends= must name at least one backend (torch, onnx)"))
@@ -498,11 +499,12 @@ def _time_side_by_side(rows: list[dict], models: dict[str, Any], args: dict, out
     """Time every row on every backend in interleaved rounds (`yolo_prune.measurement.side_by_side`); return the
     report notes on how, and a warning when the timings were noisy.
 
-    ``models`` maps row names to their in-memory modules; INT8 rows are timed from their exported OpenVINO folders.
+    ``models`` maps row names to their in-memory modules; INT8 rows are timed from their exports, on their runtime.
     """
     from ultralytics.utils import LOGGER, colorstr
 
     from ..measurement.measure import resolve_backends
+    from ..measurement.quantize import int8_timing_source
     from ..measurement.side_by_side import time_rows, timing_notes
 
     labels, errors = resolve_backends(args["backends"], args["device"])
@@ -512,10 +514,8 @@ def _time_side_by_side(rows: list[dict], models: dict[str, Any], args: dict, out
     for row in rows:
         if row["name"] in models:
             sources.append(dict.fromkeys(labels, models[row["name"]]))
-        elif row.get("openvino_path"):
-            sources.append({b: row["openvino_path"] for b in labels if b.startswith("openvino")})
         else:
-            sources.append({})
+            sources.append(int8_timing_source(row, labels))  # INT8 rows: their export, on its runtime; else nothing
     LOGGER.info(
         f"{colorstr('prune: ')}timing {sum(bool(s) for s in sources)} models side by side on {', '.join(labels)} "
         f"({args['runs']} interleaved rounds)"
@@ -526,14 +526,15 @@ def _time_side_by_side(rows: list[dict], models: dict[str, Any], args: dict, out
 
 
 def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args: dict, out_dir: Path) -> list[dict]:
-    """Quantize the baseline and the final model to INT8 and measure both (failures go to each row's ``errors``)."""
+    """Quantize the baseline and the final model to INT8 (``args['int8']`` format) and validate both; they are timed
+    with the other rows at the end (failures go to each row's ``errors``)."""
     from ultralytics.utils import LOGGER, colorstr
 
     from ..measurement.quantize import measure_int8
 
     rows = []
     for model, row in ((baseline, base_row), (final, final_row)):
-        LOGGER.info(f"{colorstr('prune: ')}INT8: quantizing and measuring the {row['name']} model")
+        LOGGER.info(f"{colorstr('prune: ')}INT8 ({args['int8']}): quantizing and validating the {row['name']} model")
         rows.append(
             measure_int8(
                 model,
@@ -542,12 +543,45 @@ def _int8_rows(baseline: Any, base_row: dict, final: Path, final_row: dict, args
                 out_dir=out_dir,
                 name=row["name"],
                 source_row=row,
-                runs=args["runs"],
-                warmup=args["warmup"],
-                threads=args["threads"],
+                runs=0,  # timed beside the other rows (`_time_side_by_side`)
+                format=args["int8"],
+                device=args["device"],
             )
         )
     return rows
+
+
+def _qat_row(final: Path, final_row: dict, run_dir: Path, args: dict, train_args: dict, out_dir: Path) -> dict:
+    """Quantization-aware training of the final model (``qat_epochs`` with Ultralytics' ``quantize=8``: ModelOpt fake
+    quantization in the pruned trainer), exported to INT8 ONNX (Q/DQ nodes from the trained ranges) and validated.
+
+    The QAT checkpoint (``qat/weights/best.pt``) needs ``nvidia-modelopt`` to load; ``weights/best.pt`` stays the
+    plain FP32 model. Failures of the export or validation go to the row's ``errors``.
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER, colorstr
+
+    from ..measurement.measure import _error, _export_copy, new_row
+    from ..measurement.quantize import _export_size_mb, validate_int8
+
+    LOGGER.info(f"{colorstr('prune: ')}QAT: {args['qat_epochs']} epoch(s) of quantization-aware training")
+    plain = {k: v for k, v in train_args.items() if k not in ("distill_model", "dis")}  # the student alone is quantized
+    best, _ = _train(YOLO(str(final)), run_dir, "qat", args, {**plain, "quantize": 8}, args["qat_epochs"])
+    row = new_row("final+qat", str(best), imgsz=args["imgsz"], batch=1, device="cpu", int8_of="final")
+    row.update(int8_format="onnx", qat_epochs=args["qat_epochs"])
+    row["params"], row["gflops"] = final_row.get("params"), final_row.get("gflops")
+    try:
+        onnx = _export_copy(best, out_dir, "final_qat", "_int8.onnx", format="onnx", imgsz=args["imgsz"], batch=1)
+    except Exception as e:
+        row["errors"]["int8"] = _error(e)
+        return row
+    row["int8_path"], row["size_mb"] = str(onnx), _export_size_mb(onnx, "onnx")
+    try:
+        val_dir = (out_dir / "val").absolute()
+        row.update(validate_int8(onnx, args["data"], args["imgsz"], project=str(val_dir), name=row["name"]))
+    except Exception as e:
+        row["errors"]["val"] = _error(e)
+    return row
 
 
 def _fine_tune(ckpt: Path, run_dir: Path, name: str, args: dict, train_args: dict) -> tuple[Path, Path, float | None]:
@@ -694,8 +728,10 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
     `PrunedSegmentationTrainer`, `PrunedPoseTrainer`, `PrunedOBBTrainer`) and measure it; with ``max_map_drop`` the
     schedule stops at the first step whose mAP50-95 falls more than that below the baseline, and the last step within
     the budget becomes the final model; (3) copy the final model to ``weights/best.pt`` and ``weights/last.pt``; with
-    ``int8=True`` quantize the baseline and the final model to INT8 OpenVINO models
-    (`yolo_prune.measurement.quantize.measure_int8`) and add the rows ``baseline+int8`` and ``final+int8``; (4) write
+    ``int8=<format>`` (``onnx``, ``openvino`` = True, or another INT8 format of the exporter) quantize the baseline
+    and the final model (`yolo_prune.measurement.quantize.measure_int8`) and add the rows ``baseline+int8`` and
+    ``final+int8``; with ``qat=True`` train the final model ``qat_epochs`` more with fake quantization and add its INT8
+    ONNX as ``final+qat``; (4) write
     ``report.json``/``report.md``/``results.csv``/``pareto.png`` and log the table.
 
     Args:
@@ -893,6 +929,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         models["final"] = models[f"step{chosen['row']['step']}"]
         if args["int8"]:
             rows += _int8_rows(baseline.model, rows[0], best_out, final, args, measure_dir / "int8")
+        if args["qat"]:
+            rows.append(_qat_row(best_out, final, run_dir, args, train_args, measure_dir / "int8"))
         notes += _time_side_by_side(rows, models, args, measure_dir)
     except KeyboardInterrupt as e:
         trainer_last = run_dir / f"step{step}" / "weights" / "last.pt"
@@ -921,13 +959,9 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         notes.append(f"max_map_drop={args['max_map_drop']} (absolute mAP50-95 below the baseline)")
     notes.append("size_mb: the model saved as YOLO.save() writes it (FP16); weights/pruned.pt is FP32")
     if args["int8"]:
-        from ..measurement.quantize import CALIBRATION_IMAGES
+        from ..measurement.quantize import int8_note
 
-        notes.append(
-            "+int8 rows: OpenVINO INT8 (NNCF post-training quantization through the Ultralytics exporter, calibrated "
-            f"on up to {CALIBRATION_IMAGES} train images), validated with the Ultralytics validator; size_mb is the "
-            "INT8 weights (.bin); params and GFLOPs are those of the FP32 model"
-        )
+        notes.append(int8_note(args["int8"], args.get("qat_epochs") if args["qat"] else None))
     files = write_report(rows, run_dir, title="yolo-prune prune", command=command, notes=notes)
     LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
     LOGGER.info(

@@ -30,6 +30,7 @@ from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import strip_qat
 
 __all__ = [
     "AtomicWritePath",
@@ -201,6 +202,10 @@ class PrunedDetectionTrainer(DetectionTrainer):
                 "a pruned model keeps its head, so train it on data with the same classes"
             )
         self._check_head(model)
+        # A QAT checkpoint (Ultralytics quantize=8) comes back from the loader with its fake quantization re-applied;
+        # the trainer applies it itself (restored from the checkpoint on resume, calibrated anew otherwise), and twice
+        # fails in ModelOpt, so the module is handed over plain, as the stock trainer's rebuilt model is.
+        strip_qat(model)
         model.float()  # a checkpoint may hold FP16 weights; AMP keeps FP32 master weights
         for p in model.parameters():
             if p.dtype.is_floating_point:

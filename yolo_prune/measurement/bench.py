@@ -4,7 +4,7 @@ Examples:
     >>> from yolo_prune.measurement.bench import run_bench
     >>> run_dir = run_bench(["yolov8n.pt", "pruned.pt"], data="coco8.yaml", imgsz=320, runs=20)
     >>> sorted(p.name for p in run_dir.iterdir())  # onnx/, pareto.png, report.json, report.md, results.csv, val/
-    >>> run_bench(["best.pt", "pruned.pt"], data="data.yaml", int8=True)  # + rows best+int8, pruned+int8 (OpenVINO)
+    >>> run_bench(["best.pt", "pruned.pt"], data="data.yaml", int8="onnx")  # + rows best+int8, pruned+int8 (ORT)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "latency_batch": 1,  # input batch of the latency measurements
     "device": None,  # None = as Ultralytics: the first GPU when there is one (adds CUDA backends), else the CPU
     "backends": ("torch", "onnx"),  # or "torch,onnx"; also openvino, torch_cpu, torch_cuda, onnx_cpu, onnx_cuda
-    "int8": False,  # also quantize each model to INT8 with OpenVINO + NNCF (needs data=) and add a <name>+int8 row
+    "int8": False,  # also quantize each model to INT8 (onnx, openvino = True, ...; needs data=): a <name>+int8 row
     "threads": None,  # CPU threads for latency; None = every usable core
     "project": "runs/bench",
     "name": "exp",
@@ -87,16 +87,12 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
     args["device"] = resolve_device(args["device"])
     if not args["models"]:
         raise ValueError("bench needs models=a.pt,b.pt (the first one is the baseline)")
-    if not isinstance(args["int8"], bool):
-        raise ValueError(f"int8={args['int8']!r} must be True or False")
-    if args["int8"]:
-        from .quantize import check_int8_available
+    from .quantize import check_int8_request
 
-        if args["data"] is None:
-            raise ValueError("int8=True needs data=... (calibration images from its train split, mAP from its val)")
-        check_int8_available()
-        if not any(b.lower().startswith("openvino") for b in args["backends"]):
-            args["backends"] += ("openvino",)  # the FP32 rows get the latency the INT8 rows are measured with
+    int8, backends = check_int8_request(args["int8"], args["backends"], args["device"])
+    if int8 and args["data"] is None:
+        raise ValueError(f"int8={int8} needs data=... (calibration images from its train split, mAP from its val)")
+    args["int8"], args["backends"] = int8, tuple(backends)
     labels, errors = resolve_backends(args["backends"], args["device"])
     if errors or not labels:
         raise ValueError(next(iter(errors.values()), "backends= must name a backend (torch, onnx, openvino)"))
@@ -126,7 +122,7 @@ def run_bench(
     latency_batch: int = 1,
     threads: int | None = None,
     command: str | None = None,
-    int8: bool = False,
+    int8: bool | str = False,
 ) -> Path:
     """Measure each model, write the report into a new run folder and log the table.
 
@@ -150,9 +146,11 @@ def run_bench(
         latency_batch (int): Input batch of the latency measurements.
         threads (int, optional): CPU threads for latency; every usable core when None.
         command (str, optional): Command line to record in the report.
-        int8 (bool): Also quantize each model to an INT8 OpenVINO model (`yolo_prune.measurement.quantize.measure_int8`:
-            NNCF, calibrated on train images of ``data``) and add its row ``<name>+int8`` after the model's own row; a
-            failure is recorded in that row's ``errors``. Give ``openvino`` in ``backends`` to compare with FP32.
+        int8 (bool | str): Also quantize each model to INT8 (`yolo_prune.measurement.quantize.measure_int8`,
+            calibrated on train images of ``data``): ``onnx`` (ONNX Runtime Q/DQ), ``openvino`` (NNCF; also True) or
+            another INT8 format of the exporter, and add its row ``<name>+int8`` after the model's own row, timed
+            beside the FP32 rows on the format's runtime (added to ``backends``); a failure is recorded in that row's
+            ``errors``.
 
     Returns:
         (Path): The run folder.
@@ -162,9 +160,11 @@ def run_bench(
 
     prefix = colorstr("bench: ")
     from ..integration.pipeline import check_output_folder
+    from .quantize import check_int8_request
 
     device = resolve_device(device)
     models = _split(models)
+    int8, backends = check_int8_request(int8, _split(backends), device)
     check_output_folder(project)
     run_dir = increment_path(Path(project) / name, mkdir=True)
     LOGGER.info(f"{prefix}batch={batch} (validation), latency_batch={latency_batch}")
@@ -193,15 +193,14 @@ def run_bench(
         row["errors"].update(errors)
         sources.append({} if {"load", "bench"} & set(row["errors"]) else dict.fromkeys(labels, model))
         if int8 and not {"load", "bench"} & set(row["errors"]):
-            from .quantize import measure_int8
+            from .quantize import int8_timing_source, measure_int8
 
             LOGGER.info(f"{prefix}({i}/{len(models)}) {model}: INT8")
             int8_row = measure_int8(
-                model, data, imgsz, run_dir / "int8", label, row, runs=runs, warmup=warmup, threads=threads
+                model, data, imgsz, run_dir / "int8", label, row, runs=0, format=int8, device=device
             )
             rows.append(int8_row)
-            ov = int8_row.get("openvino_path")
-            sources.append({b: ov for b in labels if b.startswith("openvino")} if ov else {})
+            sources.append(int8_timing_source(int8_row, labels))  # timed below, beside the FP32 rows
     LOGGER.info(f"{prefix}timing {len(rows)} models side by side on {', '.join(labels)} ({runs} interleaved rounds)")
     time_rows(rows, sources, labels, imgsz, latency_batch, threads, device, runs, warmup, run_dir)
     notes = timing_notes(rows, labels, imgsz, threads)

@@ -232,12 +232,19 @@ def measure_torch_latency(
     return _stats(times, threads, str(dev))
 
 
-def _export_copy(model_or_ckpt: Any, out_dir: str | Path | None, name: str | None, suffix: str, **export: Any) -> Path:
+def _export_copy(
+    model_or_ckpt: Any,
+    out_dir: str | Path | None,
+    name: str | None,
+    suffix: str | None,
+    export_device: str = "cpu",
+    **export: Any,
+) -> Path:
     """Export with the Ultralytics exporter from a scratch copy inside ``out_dir``; move only the result out.
 
     The exporter writes beside the ``.pt`` it was loaded from, so the model is first copied (or, for a module, saved)
-    into a scratch folder inside ``out_dir``. Its result (a file or a model folder) becomes ``out_dir/<name><suffix>``,
-    replacing an earlier one of that name.
+    into a scratch folder inside ``out_dir``. Its result (a file or a model folder) becomes ``out_dir/<name><suffix>``
+    (``suffix=None``: the exporter's own name), replacing an earlier one of that name.
     """
     from ultralytics import YOLO
 
@@ -254,11 +261,13 @@ def _export_copy(model_or_ckpt: Any, out_dir: str | Path | None, name: str | Non
             shutil.copyfile(model_or_ckpt, copy)
         else:
             _save_module(model_or_ckpt, copy)
-        f = YOLO(str(copy)).export(device="cpu", **export)
+        f = YOLO(str(copy)).export(device=export_device, **export)
         if not f or not Path(f).exists():
             raise RuntimeError(f"{export.get('format')} export produced nothing (exporter returned {f!r})")
-        dest = out / f"{stem}{suffix}"
-        if dest.is_dir():
+        dest = out / (Path(f).name if suffix is None else f"{stem}{suffix}")
+        if dest.is_file():
+            dest.unlink()
+        elif dest.is_dir():
             shutil.rmtree(dest)
         return Path(shutil.move(f, dest))
     finally:

@@ -1,45 +1,198 @@
-"""INT8 as the last step: OpenVINO post-training quantization through the Ultralytics exporter.
+"""INT8 as the last step: post-training quantization to any INT8 format of the Ultralytics exporter.
 
-`export_int8` hands a checkpoint to ``YOLO.export(format="openvino", quantize=8, data=...)`` (the current spelling of
-``int8=True``): Ultralytics converts the model to OpenVINO IR and NNCF quantizes it after training with calibration
-images from the dataset, keeping the detection head's decoding in floating point. `measure_int8` turns the result into a
-report row: mAP from the Ultralytics validator running the INT8 model, the size of its weights and its OpenVINO
-latency. Both need the optional packages ``openvino`` and ``nncf`` (``pip install "yolo-prune[openvino]"``).
+`export_int8` hands a checkpoint to ``YOLO.export(format=<format>, quantize=8, data=...)`` with calibration images from
+the dataset's train split. Two formats have a CPU runtime here and are validated and timed beside the FP32 models:
+
+* ``onnx``: ONNX Runtime static INT8 (``quantize_static``, Q/DQ nodes on every Conv/Gemm/MatMul, the detection head's
+  decoding kept in float), the form most NPU toolchains import;
+* ``openvino``: OpenVINO IR quantized by NNCF (``int8=True`` keeps meaning this one).
+
+Every other INT8 format of the installed exporter (``engine``, ``litert``, ``rknn``, ``coreml``, ...) is exported and
+reported with its file and size, not validated or timed here. `resolve_int8` turns an ``int8=`` value into a format
+(one line listing the valid ones otherwise) and `check_int8_available` names the pip packages a format's toolchain
+needs before any work starts. `measure_int8` turns an export into a report row.
 
 Examples:
     >>> from yolo_prune.measurement.quantize import export_int8, measure_int8
-    >>> folder = export_int8("runs/prune/exp/weights/best.pt", "data.yaml", imgsz=640, out_dir="int8")
-    >>> folder.name
-    'best_int8_openvino_model'
-    >>> row = measure_int8("best.pt", "data.yaml", imgsz=640, out_dir="int8", name="pruned")
-    >>> row["name"], row["size_mb"], row["latency_ms"]  # ('pruned+int8', 0.9, {'openvino_cpu': 11.2})
+    >>> export_int8("runs/prune/exp/weights/best.pt", "data.yaml", imgsz=640, out_dir="int8", format="onnx").name
+    'best_int8.onnx'
+    >>> row = measure_int8("best.pt", "data.yaml", imgsz=640, out_dir="int8", name="pruned", format="onnx")
+    >>> row["name"], row["int8_format"], row["size_mb"]  # ('pruned+int8', 'onnx', 0.9)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ultralytics.utils import YAML
 
-from .measure import _error, measure_openvino_latency, new_row, openvino_size_mb
+from .measure import _error, file_size_mb, new_row, openvino_size_mb
 
-__all__ = ["CALIBRATION_IMAGES", "INT8_MISSING", "check_int8_available", "export_int8", "measure_int8", "validate_int8"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "CPU_RUNTIMES",
+    "check_int8_available",
+    "check_int8_request",
+    "check_qat_available",
+    "export_int8",
+    "int8_formats",
+    "int8_note",
+    "int8_timing_source",
+    "measure_int8",
+    "resolve_int8",
+    "validate_int8",
+]
 
 CALIBRATION_IMAGES = 300  # Ultralytics' recommended minimum for INT8 calibration, and NNCF's default subset size
-INT8_MISSING = "int8=True needs OpenVINO and NNCF: pip install openvino nncf"
+DEFAULT_INT8 = "openvino"  # what int8=True means (the only INT8 path before 0.6)
+CPU_RUNTIMES = {"onnx": "onnx", "openvino": "openvino"}  # INT8 format -> backend that validates and times it here
+# INT8 format -> (module, pip requirement) pairs its exporter needs, as Ultralytics' exporter checks them; a format
+# missing here is left to the exporter (its failure lands in the INT8 row's errors).
+TOOLCHAINS: dict[str, tuple[tuple[str, str], ...]] = {
+    "onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
+    "openvino": (("openvino", "openvino"), ("nncf", "nncf")),
+    "engine": (("tensorrt", "tensorrt"), ("modelopt", "nvidia-modelopt[onnx]")),
+    "coreml": (("coremltools", "coremltools"),),
+    "saved_model": (("tensorflow", "tensorflow"), ("onnx2tf", "onnx2tf")),
+    "edgetpu": (("tensorflow", "tensorflow"), ("onnx2tf", "onnx2tf")),
+    "litert": (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")),
+    "mnn": (("MNN", "MNN"),),
+    "imx": (("model_compression_toolkit", "model-compression-toolkit"),),
+    "rknn": (("rknn", "rknn-toolkit2"),),
+    "axelera": (("axelera", "axelera-devkit"),),
+    "deepx": (("dx_com", "dx_com"),),
+    "hailo": (("hailo_sdk_client", "hailo_dataflow_compiler"),),
+    "xilinx": (("quark", "amd-quark"),),
+}
+QAT_REQUIREMENTS = (("modelopt", "nvidia-modelopt"), ("huggingface_hub", "huggingface_hub"))  # Ultralytics' QAT
+_KNOWN_INT8 = frozenset(TOOLCHAINS)  # used where the installed exporter does not list its INT8 formats
 
 
-def check_int8_available() -> None:
-    """Raise a one-line ``ValueError`` naming the pip packages when OpenVINO or NNCF is not installed.
+def int8_formats() -> list[str]:
+    """Return the INT8 export formats of the installed Ultralytics exporter, sorted."""
+    try:
+        from ultralytics.engine.exporter import INT8_FORMATS
+    except ImportError:  # an exporter without the table: the formats this module knows
+        INT8_FORMATS = _KNOWN_INT8
+    return sorted(INT8_FORMATS)
+
+
+def resolve_int8(value: Any) -> str | None:
+    """Turn an ``int8=`` value into an INT8 export format, or None for no INT8 step.
+
+    Args:
+        value: False / None / ``"false"`` / ``"none"`` (no INT8), True / ``"true"`` (``openvino``: the meaning it has
+            always had), or a format name of `int8_formats` (case-insensitive).
+
+    Returns:
+        The format name, or None.
 
     Raises:
-        ValueError: If ``openvino`` or ``nncf`` cannot be imported.
+        ValueError: One line listing the valid formats when ``value`` is none of them.
     """
-    missing = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_INT8
+    text = str(value).strip().lower()
+    if text in ("", "false", "none", "0"):
+        return None
+    if text in ("true", "1"):
+        return DEFAULT_INT8
+    formats = int8_formats()
+    if text not in formats:
+        raise ValueError(
+            f"int8={value!r} is not an INT8 format of the installed Ultralytics exporter; choose one of "
+            f"{', '.join(formats)} (or True = openvino, False = none)"
+        )
+    return text
+
+
+def _missing(requirements: tuple[tuple[str, str], ...]) -> list[str]:
+    """The pip names of the requirements whose module cannot be imported."""
+    missing = []
+    for module, pip_name in requirements:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # ValueError: sys.modules[module] is None, i.e. made unimportable
+            found = False
+        if not found:
+            missing.append(pip_name)
+    return missing
+
+
+def check_int8_available(format: str = DEFAULT_INT8, device: str | None = "cpu") -> None:
+    """Raise a one-line ``ValueError`` naming the pip packages when the toolchain of an INT8 format is missing.
+
+    Args:
+        format: An INT8 export format (see `resolve_int8`).
+        device: The run's device: ``engine`` (TensorRT) builds on an NVIDIA GPU only.
+
+    Raises:
+        ValueError: If a module the format's exporter needs cannot be imported, or TensorRT is asked on a CPU.
+    """
+    missing = _missing(TOOLCHAINS.get(format, ()))
     if missing:
-        raise ValueError(f"int8=True needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+        raise ValueError(f"int8={format} needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    if format == "engine" and str(device or "cpu").lower() in ("cpu", "mps"):
+        raise ValueError("int8=engine (TensorRT) builds on an NVIDIA GPU: give device=0")
+    if format == "edgetpu" and shutil.which("edgetpu_compiler") is None:
+        raise ValueError(
+            "int8=edgetpu needs the Edge TPU compiler (edgetpu_compiler, https://coral.ai/docs/edgetpu/compiler)"
+        )
+
+
+def check_qat_available() -> None:
+    """Raise a one-line ``ValueError`` naming the pip packages when quantization-aware training cannot run.
+
+    Ultralytics' QAT (``train(quantize=8)``) inserts fake quantization with NVIDIA ModelOpt, which runs on the CPU too.
+
+    Raises:
+        ValueError: If ``nvidia-modelopt`` (or ``huggingface_hub``, which it imports) is missing.
+    """
+    missing = _missing(QAT_REQUIREMENTS)
+    if missing:
+        raise ValueError(f"qat=True needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def check_int8_request(
+    value: Any, backends: list[str] | tuple[str, ...], device: str | None = "cpu", qat: bool = False
+) -> tuple[str | None, list[str]]:
+    """Check a run's ``int8=`` (and ``qat=``) before any work; return the INT8 format and the backends to time.
+
+    The format's runtime (``onnx``, ``openvino``) is added to ``backends`` so that every FP32 row is timed where its
+    INT8 row is. ``qat=True`` exports INT8 ONNX (Q/DQ): with ``int8`` unset it means ``int8=onnx``.
+
+    Args:
+        value: The ``int8=`` value (see `resolve_int8`).
+        backends: The requested latency backends (names).
+        device: The run's device.
+        qat: Whether quantization-aware training was asked for.
+
+    Returns:
+        ``(format or None, backends)``.
+
+    Raises:
+        ValueError: One line: an unknown format (listing the valid ones), a missing toolchain or ModelOpt (naming the
+            pip packages), or ``qat=True`` with an INT8 format other than ``onnx``.
+    """
+    fmt = resolve_int8(value)
+    if qat:
+        if fmt not in (None, "onnx"):
+            raise ValueError(f"qat=True exports INT8 ONNX (Q/DQ from the trained ranges): use int8=onnx, not {fmt!r}")
+        check_qat_available()
+        fmt = "onnx"
+    backends = [str(b).strip() for b in backends if str(b).strip()]
+    if fmt is None:
+        return None, backends
+    check_int8_available(fmt, device)
+    runtime = CPU_RUNTIMES.get(fmt)
+    if runtime and not any(b.lower().startswith(runtime) for b in backends):
+        backends.append(runtime)  # every row is timed where the INT8 rows are
+    return fmt, backends
 
 
 def export_int8(
@@ -49,60 +202,84 @@ def export_int8(
     out_dir: str | Path | None = None,
     name: str | None = None,
     calibration_images: int | None = CALIBRATION_IMAGES,
+    format: str = DEFAULT_INT8,
+    device: str | None = "cpu",
 ) -> Path:
-    """Export a detector to an INT8 OpenVINO model, quantized by NNCF with calibration images from ``data``.
+    """Export a model to an INT8 ``format`` with the Ultralytics exporter, calibrated on images from ``data``.
 
     Calibration uses the first ``calibration_images`` images (sorted by file name) of the dataset's **train** split,
     letterboxed to ``imgsz`` as for validation (Ultralytics' ``fraction`` with ``split=train``); the validation split
     stays unseen, so the INT8 model's mAP is measured on images it was not calibrated on. The model is static, batch 1.
-    Nothing is written beside the input checkpoint.
+    Nothing is written beside the input checkpoint: the result keeps the exporter's own name inside ``out_dir``
+    (``<name>_int8.onnx``, ``<name>_int8_openvino_model``, ...).
 
     Args:
         model (str | Path | YOLO | nn.Module): Checkpoint path, YOLO object or module (e.g. a pruned model).
         data (str): Dataset yaml (or a built-in name such as ``shapes.yaml``).
         imgsz (int): Square input size of the exported model.
         out_dir (str | Path): Output folder (required).
-        name (str, optional): Stem of the model folder; defaults to the checkpoint stem or ``model``.
+        name (str, optional): Stem of the exported model; defaults to the checkpoint stem or ``model``.
         calibration_images (int, optional): At most this many train images calibrate the quantizer (300 by default:
             Ultralytics' recommendation and NNCF's default); None uses the whole train split.
+        format (str): An INT8 format of `int8_formats` (``openvino``, ``onnx``, ...).
+        device (str, optional): Export device (``engine`` needs a GPU; the others export on the CPU).
 
     Returns:
-        (Path): The model folder ``out_dir/<name>_int8_openvino_model`` (``.xml``, ``.bin``, ``metadata.yaml``).
+        (Path): The exported file or model folder.
 
     Raises:
-        ValueError: If OpenVINO or NNCF is missing, or ``calibration_images`` is not an integer >= 2 or None.
+        ValueError: On an unknown format, a missing toolchain, or ``calibration_images`` not an integer >= 2 or None.
     """
     from ..data.shapes import resolve_data
     from .measure import _export_copy
 
-    check_int8_available()
+    format = resolve_int8(format) or DEFAULT_INT8
+    check_int8_available(format, device)
     if calibration_images is not None and (
         isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 2
     ):
         raise ValueError(f"calibration_images={calibration_images!r} must be an integer >= 2 (or None: all)")
+    options = {"simplify": True} if format == "onnx" else {}
     return _export_copy(
         model,
         out_dir,
         name,
-        "_int8_openvino_model",
-        format="openvino",
+        None,  # keep the exporter's name (<stem>_int8.onnx, <stem>_int8_openvino_model, ...)
+        format=format,
         quantize=8,
         data=resolve_data(str(data)),
         split="train",
         fraction=1.0 if calibration_images is None else calibration_images,
         imgsz=imgsz,
         batch=1,
+        export_device="cpu" if format != "engine" else (device or "0"),
+        **options,
     )
 
 
-def validate_int8(model_dir: str | Path, data: str, imgsz: int = 640, **kwargs: Any) -> dict:
-    """Validate an exported OpenVINO model with the Ultralytics validator (on the CPU).
+def _task_of_export(path: Path) -> str:
+    """The task recorded in an export's metadata (OpenVINO ``metadata.yaml`` or ONNX metadata), else ``detect``."""
+    if path.is_dir() and (path / "metadata.yaml").is_file():
+        return YAML.load(path / "metadata.yaml").get("task", "detect")
+    if path.suffix == ".onnx":
+        try:
+            import onnx
 
-    The task is read from the model's ``metadata.yaml`` and given to ``YOLO`` (otherwise it would guess it from the
-    folder name). A static export is validated at batch 1, its own size.
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            return props.get("task", "detect")
+        except Exception:
+            return "detect"
+    return "detect"
+
+
+def validate_int8(model_path: str | Path, data: str, imgsz: int = 640, **kwargs: Any) -> dict:
+    """Validate an exported INT8 model (ONNX file or OpenVINO folder) with the Ultralytics validator, on the CPU.
+
+    The task is read from the export's metadata and given to ``YOLO`` (otherwise it would guess it from the name). A
+    static export is validated at batch 1, its own size.
 
     Args:
-        model_dir (str | Path): OpenVINO model folder (e.g. from `export_int8`).
+        model_path (str | Path): An ``.onnx`` file or OpenVINO model folder (e.g. from `export_int8`).
         data (str): Dataset yaml (or a built-in name).
         imgsz (int): Validation size; must be the export size.
         **kwargs (Any): Extra ``YOLO.val`` arguments (``project``, ``name``, ...).
@@ -115,18 +292,35 @@ def validate_int8(model_dir: str | Path, data: str, imgsz: int = 640, **kwargs: 
     from ultralytics import YOLO
 
     from ..data.shapes import resolve_data
+    from .measure import metrics_row
 
-    meta = YAML.load(Path(model_dir) / "metadata.yaml") if (Path(model_dir) / "metadata.yaml").is_file() else {}
-    yolo = YOLO(str(model_dir), task=meta.get("task", "detect"))
+    task = _task_of_export(Path(model_path))
+    yolo = YOLO(str(model_path), task=task)
     args = {"plots": False, "verbose": False, "batch": 1, **kwargs}
     previous = torch.get_num_threads()
     try:
         metrics = yolo.val(data=resolve_data(str(data)), imgsz=imgsz, device="cpu", **args)
     finally:
         torch.set_num_threads(previous)  # the validator's select_device changes it process-wide
-    from .measure import metrics_row
+    return metrics_row(metrics, task)
 
-    return metrics_row(metrics, meta.get("task", "detect"))
+
+def int8_timing_source(row: dict, labels: list[str]) -> dict[str, str]:
+    """What `yolo_prune.measurement.side_by_side.time_rows` times for an INT8 row: its export on the labels of its
+    runtime (``onnx_cpu`` for ``onnx``, ``openvino_cpu`` for ``openvino``); nothing for formats without one here."""
+    backend = CPU_RUNTIMES.get(row.get("int8_format") or "")
+    if not backend or not row.get("int8_path"):
+        return {}
+    return {b: row["int8_path"] for b in labels if b.startswith(backend) and b.endswith("cpu")}
+
+
+def _export_size_mb(path: Path, format: str) -> float:
+    """Size of an export's weights: the ``.bin`` of an OpenVINO folder, else the file, else the folder's files."""
+    if format == "openvino":
+        return openvino_size_mb(path)
+    if path.is_file():
+        return file_size_mb(path)
+    return sum(file_size_mb(p) for p in path.rglob("*") if p.is_file())
 
 
 def measure_int8(
@@ -140,54 +334,89 @@ def measure_int8(
     warmup: int = 10,
     threads: int | None = None,
     calibration_images: int | None = CALIBRATION_IMAGES,
+    format: str = DEFAULT_INT8,
+    device: str | None = "cpu",
 ) -> dict:
-    """Quantize a model to INT8 (`export_int8`), validate and time it; return a report row named ``<name>+int8``.
+    """Quantize a model to INT8 (`export_int8`) and measure it; return a report row named ``<name>+int8``.
 
-    Failures (export, validation, latency) are recorded in the row's ``errors`` under ``int8``, ``val`` or
-    ``openvino_cpu``, never raised. ``params`` and ``gflops`` are copied from ``source_row`` (quantization changes
-    neither the parameter count nor the MACs); ``size_mb`` is the size of the INT8 weights (``.bin``).
+    Formats with a CPU runtime here (``onnx``, ``openvino``) are validated with the Ultralytics validator and, with
+    ``runs`` > 0, timed on their runtime; reports time them beside the FP32 rows instead (``runs=0`` and
+    `int8_timing_source`). Other formats get the exported file and its size, and a note that they were not validated
+    or timed here. Failures (export, validation, latency) are recorded in the row's ``errors`` under ``int8``, ``val``
+    or the backend label, never raised. ``params`` and ``gflops`` are copied from ``source_row`` (quantization changes
+    neither the parameter count nor the MACs); ``size_mb`` is the size of the INT8 weights.
 
     Args:
         model (str | Path | YOLO | nn.Module): The FP32 model to quantize.
         data (str): Dataset yaml: calibration (train split) and validation (val split).
         imgsz (int): Export, validation and latency size.
-        out_dir (str | Path): Folder for the INT8 model (``<name>_int8_openvino_model``) and validation output.
+        out_dir (str | Path): Folder for the INT8 model and validation output.
         name (str): Name of the source row; the INT8 row is ``<name>+int8``.
         source_row (dict, optional): The FP32 model's row (for ``params``/``gflops``).
-        runs (int): Timed latency runs.
+        runs (int): Timed latency runs on the format's runtime (0: leave timing to the caller).
         warmup (int): Untimed latency runs.
-        threads (int, optional): OpenVINO inference threads (every usable core when None).
+        threads (int, optional): Inference threads (every usable core when None).
         calibration_images (int, optional): See `export_int8`.
+        format (str): INT8 format (see `resolve_int8`).
+        device (str, optional): Export device (see `export_int8`).
 
     Returns:
         (dict): A row as in `yolo_prune.measurement.measure.new_row`, plus ``int8_of`` (the source row's name),
-            ``imgsz``, ``batch`` (1) and ``openvino_path``.
+            ``int8_format``, ``int8_path``, ``imgsz``, ``batch`` (1) and, for OpenVINO, ``openvino_path``.
 
     Raises:
-        ValueError: Without ``out_dir``.
+        ValueError: Without ``out_dir``, or on an unknown format.
     """
+    from .side_by_side import time_rows
+
     if out_dir is None:
         raise ValueError("measure_int8 needs out_dir= (the INT8 model is written there)")
+    format = resolve_int8(format) or DEFAULT_INT8
     source_row = source_row or {}
-    row = new_row(f"{name}+int8", None, imgsz=imgsz, batch=1, device="cpu", int8_of=name)
+    row = new_row(f"{name}+int8", None, imgsz=imgsz, batch=1, device="cpu", int8_of=name, int8_format=format)
     row["params"], row["gflops"] = source_row.get("params"), source_row.get("gflops")
     out = Path(out_dir)
     try:
-        folder = export_int8(model, data, imgsz, out, name, calibration_images)
+        exported = export_int8(model, data, imgsz, out, name, calibration_images, format, device)
     except Exception as e:
         row["errors"]["int8"] = _error(e)
         return row
-    row["path"] = row["openvino_path"] = str(folder)
-    row["size_mb"] = openvino_size_mb(folder)
+    row["path"] = row["int8_path"] = str(exported)
+    if format == "openvino":
+        row["openvino_path"] = str(exported)
+    row["size_mb"] = _export_size_mb(exported, format)
+    if format not in CPU_RUNTIMES:
+        row["int8_note"] = f"{format}: exported, not validated or timed here (no {format} runtime on this machine)"
+        return row
     try:
         val_dir = (out / "val").absolute()  # relative: Ultralytics would use runs/detect/<project>
-        row.update(validate_int8(folder, data, imgsz, project=str(val_dir), name=row["name"], exist_ok=True))
+        row.update(validate_int8(exported, data, imgsz, project=str(val_dir), name=row["name"], exist_ok=True))
     except Exception as e:
         row["errors"]["val"] = _error(e)
-    try:
-        stats = measure_openvino_latency(folder, imgsz, 1, warmup, runs, threads)
-        row["latency_ms"]["openvino_cpu"] = stats["median_ms"]
-        row["latency_detail"]["openvino_cpu"] = stats
-    except Exception as e:
-        row["errors"]["openvino_cpu"] = _error(e)
+    if runs > 0:
+        label = f"{CPU_RUNTIMES[format]}_cpu"
+        time_rows([row], [int8_timing_source(row, [label])], [label], imgsz, 1, threads, "cpu", runs, warmup, out)
     return row
+
+
+def int8_note(format: str, qat_epochs: int | None = None) -> str:
+    """The report line that says how the ``+int8`` (and ``+qat``) rows were made and measured."""
+    how = {
+        "onnx": "ONNX Runtime static INT8 (quantize_static, Q/DQ on Conv/Gemm/MatMul, head decoding in float)",
+        "openvino": "OpenVINO INT8 (NNCF post-training quantization, head decoding in float)",
+    }.get(format, f"{format} INT8")
+    line = (
+        f"+int8 rows: {how} through the Ultralytics exporter, calibrated on up to {CALIBRATION_IMAGES} train images; "
+        + (
+            "validated with the Ultralytics validator and timed beside the FP32 rows on the same runtime; "
+            if format in CPU_RUNTIMES
+            else f"exported only: no {format} runtime here, so neither validated nor timed; "
+        )
+        + "size_mb is the INT8 export; params and GFLOPs are those of the FP32 model"
+    )
+    if qat_epochs:
+        line += (
+            f"; final+qat: the final model trained {qat_epochs} more epoch(s) with ModelOpt fake quantization "
+            "(Ultralytics quantize=8), exported as INT8 ONNX with the trained ranges (no post-training calibration)"
+        )
+    return line

@@ -396,6 +396,7 @@ def measure_int8(
     if runs > 0:
         label = f"{CPU_RUNTIMES[format]}_cpu"
         time_rows([row], [int8_timing_source(row, [label])], [label], imgsz, 1, threads, "cpu", runs, warmup, out)
+        row.pop("speedup_detail", None)  # timed alone: a speed-up over itself says nothing
     return row
 
 

@@ -22,7 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,14 @@ __all__ = [
     "measure_torch_latency",
     "metrics_row",
     "new_row",
+    "onnx_runner",
+    "openvino_runner",
     "openvino_size_mb",
+    "require_onnxruntime",
     "require_openvino",
     "resolve_backends",
+    "time_runs",
+    "torch_runner",
     "validate",
 ]
 
@@ -184,6 +189,41 @@ def fused_inference_copy(model: Any, imgsz: int, batch: int, device: torch.devic
     return module, torch.rand(batch, _input_channels(module), imgsz, imgsz, device=device)
 
 
+def torch_runner(model: Any, imgsz: int, batch: int, device: torch.device, threads: int) -> Callable[[], None]:
+    """Return a callable that runs one eager PyTorch inference of a fused copy of ``model`` on ``device``.
+
+    Each call sets ``threads`` intra-op threads for itself (restoring the caller's afterwards) and, on CUDA, waits for
+    the GPU, so a call's wall time is the inference's.
+    """
+    module, x = fused_inference_copy(model, imgsz, batch, device)
+    cuda = device.type == "cuda"
+
+    def run() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                module(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def time_runs(run: Callable[[], Any], warmup: int = 10, runs: int = 50) -> list[float]:
+    """Call ``run`` ``warmup`` times untimed, then ``runs`` times; return the timed calls in ms."""
+    for _ in range(max(0, int(warmup))):
+        run()
+    times = []
+    for _ in range(max(1, int(runs))):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def measure_torch_latency(
     model: Any,
     imgsz: int = 640,
@@ -193,7 +233,7 @@ def measure_torch_latency(
     runs: int = 50,
     threads: int | None = None,
 ) -> dict:
-    """Time eager PyTorch inference of a fused copy of the model.
+    """Time eager PyTorch inference of a fused copy of the model (`torch_runner`).
 
     Args:
         model (nn.Module | YOLO | str | Path): Model or checkpoint.
@@ -211,24 +251,9 @@ def measure_torch_latency(
 
     threads = int(threads or default_threads())
     previous = torch.get_num_threads()
-    dev = select_device(device, verbose=False)  # also calls torch.set_num_threads on CPU
-    module, x = fused_inference_copy(model, imgsz, batch, dev)
-    cuda = dev.type == "cuda"
-    times = []
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + runs):
-                if cuda:
-                    torch.cuda.synchronize(dev)
-                t0 = time.perf_counter()
-                module(x)
-                if cuda:
-                    torch.cuda.synchronize(dev)
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(previous)
+    dev = select_device(device, verbose=False)
+    torch.set_num_threads(previous)  # select_device changes it process-wide
+    times = time_runs(torch_runner(model, imgsz, batch, dev, threads), warmup, runs)
     return _stats(times, threads, str(dev))
 
 
@@ -363,6 +388,29 @@ def openvino_size_mb(model: str | Path) -> float:
     return sum(file_size_mb(p) for p in xml.parent.glob("*.bin"))
 
 
+def openvino_runner(
+    model: str | Path, imgsz: int, batch: int, threads: int, device: str = "CPU"
+) -> tuple[Callable[[], Any], str]:
+    """Compile an OpenVINO model for latency and return ``(one synchronous inference, compiled precision)``.
+
+    The model is compiled with ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS=threads`` and
+    ``INFERENCE_PRECISION_HINT=f32``: floating-point layers run in FP32 on every CPU (some CPUs would otherwise pick
+    bf16), while the INT8 layers of a quantized model still run in INT8.
+
+    Raises:
+        BackendUnavailableError: If OpenVINO is not installed.
+    """
+    ov = require_openvino()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(str(_openvino_xml(model)), device.upper(), config)
+    request = compiled.create_infer_request()
+    shape = compiled.input(0).get_partial_shape()
+    channels = shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else 3
+    x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return (lambda: request.infer({0: x})), precision.to_string() if hasattr(precision, "to_string") else str(precision)
+
+
 def measure_openvino_latency(
     model: str | Path,
     imgsz: int = 640,
@@ -372,11 +420,8 @@ def measure_openvino_latency(
     threads: int | None = None,
     device: str = "CPU",
 ) -> dict:
-    """Time an OpenVINO model (FP32 or INT8 IR) with the OpenVINO runtime, one synchronous request at a time.
-
-    The model is compiled with ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS=threads`` and
-    ``INFERENCE_PRECISION_HINT=f32``: floating-point layers run in FP32 on every CPU (some CPUs would otherwise pick
-    bf16), while the INT8 layers of a quantized model still run in INT8.
+    """Time an OpenVINO model (FP32 or INT8 IR) with the OpenVINO runtime, one synchronous request at a time
+    (`openvino_runner`).
 
     Args:
         model (str | Path): Model folder (as exported) or its ``.xml``.
@@ -393,24 +438,37 @@ def measure_openvino_latency(
     Raises:
         BackendUnavailableError: If OpenVINO is not installed.
     """
-    ov = require_openvino()
     threads = int(threads or default_threads())
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(str(_openvino_xml(model)), device.upper(), config)
-    request = compiled.create_infer_request()
-    shape = compiled.input(0).get_partial_shape()
-    channels = shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else 3
-    x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        request.infer({0: x})
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    stats = _stats(times, threads, device.lower())
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
-    stats["precision"] = precision.to_string() if hasattr(precision, "to_string") else str(precision)
-    return stats
+    run, precision = openvino_runner(model, imgsz, batch, threads, device)
+    return {**_stats(time_runs(run, warmup, runs), threads, device.lower()), "precision": precision}
+
+
+def require_onnxruntime() -> Any:
+    """Import and return ``onnxruntime``, or raise a one-line `BackendUnavailableError` naming the pip package."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from e
+    return onnxruntime
+
+
+def onnx_runner(onnx_path: str | Path, imgsz: int, batch: int, threads: int, device: str = "cpu") -> Callable[[], Any]:
+    """Open an ONNX Runtime session (``threads`` intra-op threads) and return one inference of it on a random input.
+
+    Raises:
+        BackendUnavailableError: If onnxruntime (or its CUDA provider, for ``device`` other than ``cpu``) is missing.
+    """
+    ort = require_onnxruntime()
+    provider = "CPUExecutionProvider" if str(device).lower() in {"cpu", ""} else "CUDAExecutionProvider"
+    if provider not in ort.get_available_providers():
+        raise BackendUnavailableError(f"{provider} not available in onnxruntime (for CUDA: onnxruntime-gpu)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=[provider])
+    inp = session.get_inputs()[0]
+    channels = inp.shape[1] if isinstance(inp.shape[1], int) else 3
+    feed = {inp.name: np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)}
+    return lambda: session.run(None, feed)
 
 
 def measure_onnx_latency(
@@ -422,7 +480,7 @@ def measure_onnx_latency(
     threads: int | None = None,
     device: str = "cpu",
 ) -> dict:
-    """Time an ONNX model with ONNX Runtime.
+    """Time an ONNX model with ONNX Runtime (`onnx_runner`).
 
     Args:
         onnx_path (str | Path): Exported model.
@@ -439,30 +497,9 @@ def measure_onnx_latency(
     Raises:
         BackendUnavailableError: If onnxruntime (or its CUDA provider) is missing.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from e
-
-    cuda = str(device).lower() not in {"cpu", ""}
-    provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
-    if provider not in ort.get_available_providers():
-        raise BackendUnavailableError(f"{provider} not available in onnxruntime (for CUDA: onnxruntime-gpu)")
     threads = int(threads or default_threads())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=[provider])
-    inp = session.get_inputs()[0]
-    channels = inp.shape[1] if isinstance(inp.shape[1], int) else 3
-    x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        session.run(None, {inp.name: x})
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return _stats(times, threads, "cuda" if cuda else "cpu")
+    run = onnx_runner(onnx_path, imgsz, batch, threads, device)
+    return _stats(time_runs(run, warmup, runs), threads, "cpu" if str(device).lower() in {"cpu", ""} else "cuda")
 
 
 def validate(

@@ -61,13 +61,14 @@ def backend_runner(
         BackendUnavailableError: When the backend's runtime is missing.
     """
     from .measure import (
-        BackendUnavailableError,
-        _openvino_xml,
         default_threads,
         export_onnx,
         export_openvino,
-        fused_inference_copy,
+        onnx_runner,
+        openvino_runner,
+        require_onnxruntime,
         require_openvino,
+        torch_runner,
     )
 
     threads = int(threads or default_threads())
@@ -78,49 +79,17 @@ def backend_runner(
         held = torch.get_num_threads()
         dev = torch.device("cpu") if label == "torch_cpu" else select_device(device, verbose=False)
         torch.set_num_threads(held)  # select_device changes it process-wide
-        module, x = fused_inference_copy(source, imgsz, batch, dev)
-        cuda = dev.type == "cuda"
-
-        def run_torch() -> None:
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                with torch.inference_mode():
-                    module(x)
-                if cuda:
-                    torch.cuda.synchronize(dev)
-            finally:
-                torch.set_num_threads(before)
-
-        return run_torch
+        return torch_runner(source, imgsz, batch, dev, threads)
     if label.startswith("onnx"):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from e
+        require_onnxruntime()  # before exporting anything
         if path is None or path.suffix != ".onnx":
             path = export_onnx(source, imgsz, batch, _need(work) / "onnx", name)
-        provider = "CUDAExecutionProvider" if label == "onnx_cuda" else "CPUExecutionProvider"
-        if provider not in ort.get_available_providers():
-            raise BackendUnavailableError(f"{provider} not available in onnxruntime (for CUDA: onnxruntime-gpu)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
-        inp = session.get_inputs()[0]
-        channels = inp.shape[1] if isinstance(inp.shape[1], int) else 3
-        feed = {inp.name: np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)}
-        return lambda: session.run(None, feed)
+        return onnx_runner(path, imgsz, batch, threads, "cuda" if label == "onnx_cuda" else "cpu")
     if label.startswith("openvino"):
-        ov = require_openvino()
+        require_openvino()
         exported = path is not None and (path.is_dir() or path.suffix == ".xml")
         folder = path if exported else export_openvino(source, imgsz, batch, _need(work) / "openvino", name)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        compiled = ov.Core().compile_model(str(_openvino_xml(folder)), "CPU", config)
-        request = compiled.create_infer_request()
-        shape = compiled.input(0).get_partial_shape()
-        channels = shape[1].get_length() if shape.rank.get_length() == 4 and shape[1].is_static else 3
-        x = np.random.default_rng(0).random((batch, channels, imgsz, imgsz), dtype=np.float32)
-        return lambda: request.infer({0: x})
+        return openvino_runner(folder, imgsz, batch, threads)[0]
     raise ValueError(f"no side-by-side timing for backend '{label}'")
 
 

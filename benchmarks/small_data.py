@@ -15,9 +15,17 @@ reconstruction). Every row records the validation mAP50-95 before training (epoc
 Rows run one (row, seed) at a time and are appended to ``--out``/``results.json`` as they finish; an interrupted study
 resumes. ``--results`` copies the records and a Markdown table to the repository.
 
+The same study runs on other data with ``--data`` (a built-in name): ``shapes-v3.yaml`` (generator v3, 1000 training
+images, objects at every detection level) is the full-data regime of study v3, ``shapes-v3-small.yaml`` its 150-image
+small-data regime (same validation images). The user's model is trained there the same way; its training resumes
+from its own ``last.pt`` when interrupted. ``--commit`` copies the results to ``--results`` and commits them with git
+after every finished row (and after the user's model), so a study spread over sessions loses nothing.
+
 Usage:
     python benchmarks/small_data.py --out runs/small-data --rows ctrl-cur ctrl-lr1e-4 --seeds 0
     python benchmarks/small_data.py --out runs/small-data --report-only --results benchmarks/results/small_data
+    python benchmarks/small_data.py --data shapes-v3.yaml --out runs/study-v3 --rows ctrl-lr4e-4 default-2x-scanls \
+        --results benchmarks/results/study_v3 --commit
 """
 
 from __future__ import annotations
@@ -95,6 +103,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "pipeline",
         {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "target_macs": 0.354},
     ),  # fmt: skip
+    # the fair control: yolo-prune prune with nothing pruned (ratio=0), i.e. the same recipe, budget and teacher
+    "ctrl-pipeline": ("pipeline", {"ratio": 0.0, "allocation": "uniform", "runs": 3, "warmup": 1}),
     # the time target on the deployment backend instead of MACs, from the same scan
     "latency-2x-scanls": (
         "pipeline",
@@ -132,10 +142,13 @@ def coco_weights(out: Path) -> Path:
     return dst
 
 
-def dataset(out: Path) -> str:
-    """The small-data set: 150 train / 200 val shapes images (generator v2, seed 7, 320 px)."""
-    from yolo_prune.data.shapes import make_shapes_dataset
+def dataset(out: Path, name: str | None = None) -> str:
+    """The study's data: a built-in dataset ``name`` (e.g. ``shapes-v3.yaml``), or by default the small-data set of
+    section A (150 train / 200 val shapes images, generator v2, seed 7, 320 px)."""
+    from yolo_prune.data.shapes import make_shapes_dataset, resolve_data
 
+    if name:
+        return resolve_data(name)
     root = out / "data"
     if not (root / "data.yaml").is_file():
         make_shapes_dataset(root, n_train=N_TRAIN, n_val=N_VAL, imgsz=IMGSZ, seed=DATA_SEED)
@@ -144,13 +157,26 @@ def dataset(out: Path) -> str:
 
 def user_model(out: Path, data: str) -> tuple[Path, dict]:
     """The user's model: yolo11n from COCO weights fine-tuned with Ultralytics' defaults (cached)."""
-    from study import train
+    from study import _curve, train
+    from ultralytics import YOLO
 
     path, record_file = out / "models" / "user.pt", out / "user.json"
     if path.is_file() and record_file.is_file():
         return path, json.loads(record_file.read_text())
-    log("training the user's model from COCO weights")
-    record = train("yolo11n.yaml", data, {**USER_RECIPE, "pretrained": str(coco_weights(out))}, out, "user")
+    last = out / "train" / "user" / "weights" / "last.pt"
+    if last.is_file():  # an interrupted training: continue it (Ultralytics resume: optimizer, EMA, epoch)
+        log(f"resuming the user's model from {last}")
+        start = time.perf_counter()
+        yolo = YOLO(str(last))
+        yolo.train(resume=True)
+        weights = Path(yolo.trainer.save_dir) / "weights"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights / "best.pt" if (weights / "best.pt").is_file() else last, path)
+        record = {"path": str(path), "train_s": round(time.perf_counter() - start, 1), "resumed": True}
+        record.update(epochs=USER_RECIPE["epochs"], curve=_curve(weights.parent))
+    else:
+        log("training the user's model from COCO weights")
+        record = train("yolo11n.yaml", data, {**USER_RECIPE, "pretrained": str(coco_weights(out))}, out, "user")
     record.update(recipe=USER_RECIPE, as_brought=validate(path, data))
     record_file.write_text(json.dumps(record, indent=1))
     return path, record
@@ -306,13 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--speed", nargs="*", default=None, help="time these pipeline rows against the user's model")
     parser.add_argument("--results", type=Path, default=None, help="copy results.json, user.json and table.md here")
+    parser.add_argument("--data", default=None, help="a built-in dataset (default: section A's 150-image v2 set)")
+    parser.add_argument("--commit", action="store_true", help="copy to --results and git commit after every row")
     args = parser.parse_args(argv)
+    if args.commit and not args.results:
+        parser.error("--commit needs --results (the repository folder the rows are committed to)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    data = dataset(out)
+    data = dataset(out, args.data)
     user, user_record = user_model(out, data)
+    if args.commit:
+        publish(out, results, user_record, args.results, "the user's model")
     if not args.report_only:
         for seed in args.seeds:
             for name in args.rows:
@@ -328,17 +360,34 @@ def main(argv: list[str] | None = None) -> int:
                 tmp = results_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(results, indent=1))
                 tmp.replace(results_file)
+                if args.commit:
+                    publish(out, results, user_record, args.results, f"row {tag}")
     if args.speed:
         speed(out, results, args.speed)
-    text = table(results, user_record)
-    (out / "table.md").write_text(text)
-    print(text)
-    if args.results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "user.json", "table.md", "speed.json"):
-            if (out / name).is_file():
-                shutil.copyfile(out / name, args.results / name)
+    print(publish(out, results, user_record, args.results))
     return 0
+
+
+def publish(out: Path, results: dict, user: dict, dest: Path | None, commit: str | None = None) -> str:
+    """Write ``table.md``, copy the records to ``dest`` and, with ``commit`` (a description), git-commit them there.
+
+    Returns:
+        The table.
+    """
+    text = table(results, user)
+    (out / "table.md").write_text(text)
+    if dest is None:
+        return text
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "user.json", "table.md", "speed.json"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, dest / name)
+    if commit:
+        subprocess.run(["git", "add", str(dest)], check=True)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(dest)], check=False).returncode
+        if staged:  # something changed
+            subprocess.run(["git", "commit", "-q", "-m", f"{out.name}: {commit} finished", "--", str(dest)], check=True)
+    return text
 
 
 if __name__ == "__main__":

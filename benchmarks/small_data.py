@@ -103,6 +103,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "pipeline",
         {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "target_macs": 0.354},
     ),  # fmt: skip
+    # distillation whose projectors are fitted (least squares) before training instead of random
+    "default-2x-scanls-projfit": (
+        "pipeline",
+        {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "distill_projector": "fit"},
+    ),  # fmt: skip
     # the fair control: yolo-prune prune with nothing pruned (ratio=0), i.e. the same recipe, budget and teacher
     "ctrl-pipeline": ("pipeline", {"ratio": 0.0, "allocation": "uniform", "runs": 3, "warmup": 1}),
     # the time target on the deployment backend instead of MACs, from the same scan

@@ -73,6 +73,7 @@ PRUNE_DEFAULTS: dict[str, Any] = {
     "min_images": 4500,  # with epochs unset: fine-tuning sees at least this many training images per step
     "distill": True,  # fine-tune with knowledge distillation from the unpruned input .pt (off for a yaml input)
     "distill_model": None,  # another teacher checkpoint for distillation (implies distill=True)
+    "distill_projector": "random",  # distillation projectors: random (Ultralytics) or fit (least squares, 4 batches)
     "sparse_epochs": 0,  # train the model this many epochs with a sparsity penalty before pruning
     "sparsity": 1e-4,  # strength of that penalty
     "sparse": "group",  # what it acts on: group (group lasso over each DepGraph channel group, BN scales included), bn
@@ -275,6 +276,9 @@ def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
             )
         args["distill"] = False  # a model built from yaml is no teacher
     args["distill"] = args["distill"] or args["distill_model"] is not None
+    from .distill import check_projector_init
+
+    args["distill_projector"] = check_projector_init(args["distill_projector"])
     if "reconstruct" not in overrides and not args["model"].lower().endswith(".pt"):
         args["reconstruct"] = None  # an untrained model built from yaml has nothing to reconstruct
     from .callbacks import SPARSE_MODES
@@ -565,7 +569,8 @@ def _qat_row(final: Path, final_row: dict, run_dir: Path, args: dict, train_args
     from ..measurement.quantize import _export_size_mb, validate_int8
 
     LOGGER.info(f"{colorstr('prune: ')}QAT: {args['qat_epochs']} epoch(s) of quantization-aware training")
-    plain = {k: v for k, v in train_args.items() if k not in ("distill_model", "dis")}  # the student alone is quantized
+    distill_keys = ("distill_model", "dis", "distill_projector")
+    plain = {k: v for k, v in train_args.items() if k not in distill_keys}  # the student alone is quantized
     best, _ = _train(YOLO(str(final)), run_dir, "qat", args, {**plain, "quantize": 8}, args["qat_epochs"])
     row = new_row("final+qat", str(best), imgsz=args["imgsz"], batch=1, device="cpu", int8_of="final")
     row.update(int8_format="onnx", qat_epochs=args["qat_epochs"])
@@ -789,6 +794,8 @@ def run_prune(command: str | None = None, **kwargs: Any) -> Path:
         LOGGER.info(f"{prefix}{budget_note}")
     if teacher:
         train_args["distill_model"] = teacher
+        if args["distill_projector"] != "random":
+            train_args["distill_projector"] = args["distill_projector"]
     last_good: Path | None = None
     step = 0  # the step in progress
     notes: list[str] = []

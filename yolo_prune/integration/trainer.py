@@ -29,7 +29,7 @@ from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
-from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_qat
 
 __all__ = [
@@ -77,17 +77,47 @@ class PrunedDetectionTrainer(DetectionTrainer):
     accepted_task = "detect"  # the task of the models this trainer accepts
     keep_start = True  # validate the model before the first epoch; best.pt stays it unless an epoch beats it
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically."""
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically.
+
+        One key of its own is taken out of ``overrides`` before Ultralytics checks them: ``distill_projector``
+        (``random``, Ultralytics' initialisation, the default; ``fit``: `yolo_prune.integration.distill.fit_projectors`
+        before the first step of a distilled run; not carried into DDP workers, which keep ``random``).
+        """
+        from .distill import check_projector_init
+
+        overrides = dict(overrides or {})
+        self.distill_projector = check_projector_init(overrides.pop("distill_projector", "random"))
+        super().__init__(cfg, overrides, _callbacks)
         self.last, self.best = AtomicWritePath(self.last), AtomicWritePath(self.best)
         self.start_metrics: dict | None = None  # validation of the model as given, before any step (keep_start)
 
     def _setup_train(self) -> None:
-        """Set up as Ultralytics does, then (``keep_start``, a new run with validation) validate the starting model."""
+        """Set up as Ultralytics does, then (a new distilled run with ``distill_projector=fit``) fit the projectors,
+        and (``keep_start``, a new run with validation) validate the starting model."""
         super()._setup_train()
+        if self.distill_projector == "fit" and self.start_epoch == 0:
+            self._fit_projectors()
         if self.keep_start and self.start_epoch == 0 and self.args.val and RANK in {-1, 0}:
             self._keep_start()
+
+    def _fit_projectors(self) -> None:
+        """Fit the distillation projectors (student -> teacher features) by least squares on four training batches."""
+        from ultralytics.nn.distill_model import DistillationModel
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from .distill import fit_projectors
+
+        model = unwrap_model(self.model)
+        if not isinstance(model, DistillationModel):
+            return
+        fitted = fit_projectors(model, self.train_loader, self.preprocess_batch, n_batches=4)
+        if fitted is None:
+            LOGGER.warning(f"{PREFIX}distill_projector=fit: the projectors do not fit this teacher; left at random")
+            return
+        self.ema.ema.projector.load_state_dict(model.projector.state_dict())  # the EMA starts from the same weights
+        errors = ", ".join(f"{before:.3g} -> {after:.3g}" for after, before in fitted)
+        LOGGER.info(f"{PREFIX}distillation projectors fitted by least squares (feature MSE per level: {errors})")
 
     def _keep_start(self) -> None:
         """Validate the model before any step and write it as ``best.pt``: fine-tuning can then only improve on it.

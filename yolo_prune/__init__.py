@@ -7,7 +7,7 @@ Examples:
     >>> scan = run_sensitivity("best.pt", "data.yaml", images=200)  # what each layer can give
     >>> pruned = prune("best.pt", target_macs=0.5, sensitivity=scan)  # 2x fewer MACs, least predicted mAP loss
     >>> pruned = prune("best.pt", ratio=0.2, reconstruct="ls", data="data.yaml")  # re-fitted before any training
-    >>> export_int8("pruned.pt", "data.yaml", imgsz=640, out_dir="int8")  # INT8 OpenVINO model as the last step
+    >>> export_int8("pruned.pt", "data.yaml", imgsz=640, out_dir="int8", format="onnx")  # INT8 Q/DQ ONNX, last step
 """
 
 from .integration.callbacks import PruneCallback

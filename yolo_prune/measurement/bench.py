@@ -204,6 +204,10 @@ def run_bench(
     LOGGER.info(f"{prefix}timing {len(rows)} models side by side on {', '.join(labels)} ({runs} interleaved rounds)")
     time_rows(rows, sources, labels, imgsz, latency_batch, threads, device, runs, warmup, run_dir)
     notes = timing_notes(rows, labels, imgsz, threads)
+    if int8:
+        from .quantize import int8_note
+
+        notes.append(int8_note(int8))
     files = write_report(rows, run_dir, title="yolo-prune bench", command=command, notes=notes)
     LOGGER.info(f"{prefix}results (first row is the baseline):\n{format_table(rows)}")
     LOGGER.info(f"{prefix}report written to {colorstr('bold', run_dir)}: {', '.join(p.name for p in files.values())}")

@@ -43,6 +43,7 @@ __all__ = [
     "export_onnx",
     "export_openvino",
     "file_size_mb",
+    "interleaved_times",
     "load_yolo",
     "measure_model",
     "measure_onnx_latency",
@@ -212,16 +213,34 @@ def torch_runner(model: Any, imgsz: int, batch: int, device: torch.device, threa
     return run
 
 
-def time_runs(run: Callable[[], Any], warmup: int = 10, runs: int = 50) -> list[float]:
-    """Call ``run`` ``warmup`` times untimed, then ``runs`` times; return the timed calls in ms."""
-    for _ in range(max(0, int(warmup))):
-        run()
-    times = []
-    for _ in range(max(1, int(runs))):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
+def interleaved_times(
+    runners: dict[Any, Callable[[], None]], rounds: int = 50, warmup: int = 10
+) -> dict[Any, list[float]]:
+    """Run every runner once per round, in order on even rounds and in reverse on odd ones; return ms per run.
+
+    Args:
+        runners: ``{key: callable}``; each call is one inference.
+        rounds: Timed rounds (each runner is timed once per round).
+        warmup: Untimed rounds first.
+
+    Returns:
+        ``{key: [ms of round 0, ms of round 1, ...]}``.
+    """
+    keys = list(runners)
+    times: dict[Any, list[float]] = {k: [] for k in keys}
+    for i in range(max(0, int(warmup)) + max(1, int(rounds))):
+        for k in keys if i % 2 == 0 else keys[::-1]:
+            t0 = time.perf_counter()
+            runners[k]()
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def time_runs(run: Callable[[], Any], warmup: int = 10, runs: int = 50) -> list[float]:
+    """Call ``run`` ``warmup`` times untimed, then ``runs`` times; return the timed calls in ms (`interleaved_times`
+    with one runner)."""
+    return interleaved_times({0: run}, runs, warmup)[0]
 
 
 def measure_torch_latency(

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .measure import interleaved_times  # the one timing loop, re-exported here where it has always been public
+
 __all__ = ["WIDE_RANGE", "backend_runner", "interleaved_times", "side_by_side", "time_rows", "timing_notes"]
 
 WIDE_RANGE = 0.10  # a speed-up whose 10-90 % range leaves +-10 % of its median is called noisy in the report
@@ -98,30 +100,6 @@ def _need(work: str | Path | None) -> Path:
     if work is None:
         raise ValueError("exporting for side-by-side timing needs work= (a folder the caller owns)")
     return Path(work)
-
-
-def interleaved_times(
-    runners: dict[Any, Callable[[], None]], rounds: int = 50, warmup: int = 10
-) -> dict[Any, list[float]]:
-    """Run every runner once per round, in order on even rounds and in reverse on odd ones; return ms per run.
-
-    Args:
-        runners: ``{key: callable}``; each call is one inference.
-        rounds: Timed rounds (each runner is timed once per round).
-        warmup: Untimed rounds first.
-
-    Returns:
-        ``{key: [ms of round 0, ms of round 1, ...]}``.
-    """
-    keys = list(runners)
-    times: dict[Any, list[float]] = {k: [] for k in keys}
-    for i in range(max(0, int(warmup)) + max(1, int(rounds))):
-        for k in keys if i % 2 == 0 else keys[::-1]:
-            t0 = time.perf_counter()
-            runners[k]()
-            if i >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def side_by_side(times: dict[Any, list[float]], base: Any) -> dict[Any, dict]:

@@ -77,7 +77,8 @@ def test_fitted_projectors_start_distillation_from_a_small_loss() -> None:
     to the teacher's than with Ultralytics' random projector, on the fitting batch and on a batch it never saw.
 
     Mutations caught: skipping the fit (no change of the error), a shift too small for the ReLU (clipped features,
-    a worse fit), a map fitted to the wrong level.
+    a worse fit), a map fitted to the wrong level, fitting the first levels before finding that a later one does not
+    fit (a half-fitted set).
     """
     from copy import deepcopy
 
@@ -108,6 +109,12 @@ def test_fitted_projectors_start_distillation_from_a_small_loss() -> None:
 
     unseen = {"img": torch.rand(4, 3, 64, 64)}
     random_error = error(unseen)
+    last_first_conv = model.projector[-1][0]  # a projector that does not fit its level: nothing may change at all
+    model.projector[-1][0] = torch.nn.Conv2d(last_first_conv.in_channels + 1, last_first_conv.out_channels, 1)
+    kept = deepcopy(model.projector[0].state_dict())
+    assert fit_projectors(model, batches, lambda b: b, n_batches=1) is None
+    assert all(torch.equal(v, model.projector[0].state_dict()[k]) for k, v in kept.items())
+    model.projector[-1][0] = last_first_conv
     fitted = fit_projectors(model, batches, lambda b: b, n_batches=4)
     assert fitted is not None and len(fitted) == len(model.projector) == 3
     assert all(after < 0.2 * before for after, before in fitted), fitted

@@ -77,14 +77,16 @@ def fit_projectors(
         model._teacher_feats.clear()
         model._student_feats.clear()
         student.train(modes)
+    widths = [(level[0][0].shape[1], level[0][1].shape[1]) for level in feats]  # (student, teacher) per level
+    pairs = zip(projectors, widths, strict=True)
+    if any(cs > ct or p[0].in_channels != cs or p[-1].out_channels != ct for p, (cs, ct) in pairs):
+        return None  # checked for every level before any is changed: never a half-fitted set
     fitted = []
     for i, projector in enumerate(projectors):
         first, last = projector[0], projector[-1]
         s = torch.cat([_flat(a) for a, _ in feats[i]])
         t = torch.cat([_flat(b) for _, b in feats[i]])
-        cs, ct = s.shape[1], t.shape[1]
-        if cs > ct or first.in_channels != cs or last.out_channels != ct:
-            return None
+        cs = s.shape[1]
         s0, t0 = feats[i][0]
         before = float(((projector(s0) - t0) ** 2).mean())
         shift = float(max(0.0, -s.min().item())) + 0.05  # keeps every shifted feature above zero: ReLU passes it

@@ -80,7 +80,7 @@ def qat_model(pruned: Path, user: Path, data: str, imgsz: int, epochs: int, out:
 
 def exports(models: dict[str, Path], data: str, imgsz: int, calib: int, out: Path) -> dict[str, Path]:
     """Every row's model exported at ``imgsz``: ``{row: .onnx file or OpenVINO folder}`` (reused when present)."""
-    from yolo_prune.measurement.measure import _export_copy, export_onnx, export_openvino
+    from yolo_prune.measurement.measure import export_onnx, export_openvino
     from yolo_prune.measurement.quantize import export_int8
 
     folder = out / f"exports-{imgsz}"
@@ -88,23 +88,18 @@ def exports(models: dict[str, Path], data: str, imgsz: int, calib: int, out: Pat
     for name, ckpt in models.items():
         kind = name.split("/")[1]
         stem = name.replace("/", "_")
-        if kind == "qat":
-            dest = folder / f"{stem}_int8.onnx"
-            found[name] = (
-                dest
-                if dest.is_file()
-                else _export_copy(ckpt, folder, stem, "_int8.onnx", format="onnx", imgsz=imgsz, batch=1)
-            )
-        elif kind == "fp32-onnx":
+        if kind == "fp32-onnx":
             dest = folder / f"{stem}.onnx"
             found[name] = dest if dest.is_file() else export_onnx(ckpt, imgsz, 1, folder, stem)
         elif kind == "fp32-openvino":
             dest = folder / f"{stem}_openvino_model"
             found[name] = dest if dest.is_dir() else export_openvino(ckpt, imgsz, 1, folder, stem)
-        else:
-            fmt = "onnx" if kind == "ort-int8" else "openvino"
+        else:  # ort-int8, ov-int8 (calibrated here), qat (its trained ranges)
+            fmt, qat = ("openvino" if kind == "ov-int8" else "onnx"), kind == "qat"
             dest = folder / (f"{stem}_int8.onnx" if fmt == "onnx" else f"{stem}_int8_openvino_model")
-            found[name] = dest if dest.exists() else export_int8(ckpt, data, imgsz, folder, stem, calib, format=fmt)
+            found[name] = (
+                dest if dest.exists() else export_int8(ckpt, data, imgsz, folder, stem, calib, format=fmt, qat=qat)
+            )
     return found
 
 

@@ -565,27 +565,16 @@ def _qat_row(final: Path, final_row: dict, run_dir: Path, args: dict, train_args
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER, colorstr
 
-    from ..measurement.measure import _error, _export_copy, new_row
-    from ..measurement.quantize import _export_size_mb, validate_int8
+    from ..measurement.quantize import measure_int8
 
     LOGGER.info(f"{colorstr('prune: ')}QAT: {args['qat_epochs']} epoch(s) of quantization-aware training")
     distill_keys = ("distill_model", "dis", "distill_projector")
     plain = {k: v for k, v in train_args.items() if k not in distill_keys}  # the student alone is quantized
     best, _ = _train(YOLO(str(final)), run_dir, "qat", args, {**plain, "quantize": 8}, args["qat_epochs"])
-    row = new_row("final+qat", str(best), imgsz=args["imgsz"], batch=1, device="cpu", int8_of="final")
-    row.update(int8_format="onnx", qat_epochs=args["qat_epochs"])
-    row["params"], row["gflops"] = final_row.get("params"), final_row.get("gflops")
-    try:
-        onnx = _export_copy(best, out_dir, "final_qat", "_int8.onnx", format="onnx", imgsz=args["imgsz"], batch=1)
-    except Exception as e:
-        row["errors"]["int8"] = _error(e)
-        return row
-    row["int8_path"], row["size_mb"] = str(onnx), _export_size_mb(onnx, "onnx")
-    try:
-        val_dir = (out_dir / "val").absolute()
-        row.update(validate_int8(onnx, args["data"], args["imgsz"], project=str(val_dir), name=row["name"]))
-    except Exception as e:
-        row["errors"]["val"] = _error(e)
+    row = measure_int8(
+        best, args["data"], args["imgsz"], out_dir, "final_qat", final_row, runs=0, format="onnx", qat=True
+    )  # validated here, timed beside the other rows (`_time_side_by_side`)
+    row.update(name="final+qat", path=str(best), int8_of="final", qat_epochs=args["qat_epochs"])
     return row
 
 

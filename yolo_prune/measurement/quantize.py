@@ -204,6 +204,7 @@ def export_int8(
     calibration_images: int | None = CALIBRATION_IMAGES,
     format: str = DEFAULT_INT8,
     device: str | None = "cpu",
+    qat: bool = False,
 ) -> Path:
     """Export a model to an INT8 ``format`` with the Ultralytics exporter, calibrated on images from ``data``.
 
@@ -223,18 +224,26 @@ def export_int8(
             Ultralytics' recommendation and NNCF's default); None uses the whole train split.
         format (str): An INT8 format of `int8_formats` (``openvino``, ``onnx``, ...).
         device (str, optional): Export device (``engine`` needs a GPU; the others export on the CPU).
+        qat (bool): ``model`` is a quantization-aware checkpoint (Ultralytics ``train(quantize=8)``): it carries its
+            trained ranges, so the exporter writes its Q/DQ ONNX (``<name>_int8.onnx``) without calibration (``data``
+            and ``calibration_images`` are not used); ``format`` must be ``onnx``.
 
     Returns:
         (Path): The exported file or model folder.
 
     Raises:
-        ValueError: On an unknown format, a missing toolchain, or ``calibration_images`` not an integer >= 2 or None.
+        ValueError: On an unknown format, a missing toolchain, ``calibration_images`` not an integer >= 2 or None, or
+            ``qat`` with another format than ``onnx``.
     """
     from ..data.shapes import resolve_data
     from .measure import _export_copy
 
     format = resolve_int8(format) or DEFAULT_INT8
     check_int8_available(format, device)
+    if qat:
+        if format != "onnx":
+            raise ValueError(f"a QAT model exports INT8 ONNX (Q/DQ from its ranges): format='onnx', not {format!r}")
+        return _export_copy(model, out_dir, name, "_int8.onnx", format="onnx", imgsz=imgsz, batch=1, simplify=True)
     if calibration_images is not None and (
         isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 2
     ):
@@ -336,6 +345,7 @@ def measure_int8(
     calibration_images: int | None = CALIBRATION_IMAGES,
     format: str = DEFAULT_INT8,
     device: str | None = "cpu",
+    qat: bool = False,
 ) -> dict:
     """Quantize a model to INT8 (`export_int8`) and measure it; return a report row named ``<name>+int8``.
 
@@ -359,6 +369,7 @@ def measure_int8(
         calibration_images (int, optional): See `export_int8`.
         format (str): INT8 format (see `resolve_int8`).
         device (str, optional): Export device (see `export_int8`).
+        qat (bool): ``model`` is a quantization-aware checkpoint, exported without calibration (see `export_int8`).
 
     Returns:
         (dict): A row as in `yolo_prune.measurement.measure.new_row`, plus ``int8_of`` (the source row's name),
@@ -377,7 +388,7 @@ def measure_int8(
     row["params"], row["gflops"] = source_row.get("params"), source_row.get("gflops")
     out = Path(out_dir)
     try:
-        exported = export_int8(model, data, imgsz, out, name, calibration_images, format, device)
+        exported = export_int8(model, data, imgsz, out, name, calibration_images, format, device, qat)
     except Exception as e:
         row["errors"]["int8"] = _error(e)
         return row

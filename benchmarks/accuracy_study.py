@@ -132,7 +132,7 @@ def baseline(out: Path) -> tuple[Path, dict]:
     """Train the converged baseline (or reuse ``out/models/baseline.pt``); return it and its record."""
     from study import train
 
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
 
     path = out / "models" / "baseline.pt"
     record_file = out / "baseline.json"
@@ -162,7 +162,7 @@ def scan(out: Path, base: Path) -> Path:
 
 def validate(path: Path, imgsz: int = IMGSZ) -> dict:
     """mAP50-95 and mAP50 on the full validation split."""
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
     from yolo_prune.measurement.measure import validate as val
 
     return val(str(path), resolve_data(DATA), imgsz=imgsz, batch=16, device="cpu")
@@ -192,7 +192,7 @@ def run_row(
     results = results or {}
     from study import scaled_model_yaml, train, width_for_macs
 
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
     from yolo_prune.integration.pipeline import FINETUNE_DEFAULTS, run_prune
     from yolo_prune.integration.trainer import PrunedDetectionTrainer
 

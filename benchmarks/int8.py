@@ -68,7 +68,7 @@ def train_baseline(data: str, imgsz: int, epochs: int, out: Path) -> Path:
     """Train yolov8n from scratch for ``epochs`` on ``data``; return its checkpoint."""
     from ultralytics import YOLO
 
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
     from yolo_prune.integration.checkpoint import save_checkpoint
 
     path = out / "models" / "baseline.pt"
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     command = "python benchmarks/int8.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
 
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
     from yolo_prune.measurement.measure import (
         count_gflops,
         default_threads,

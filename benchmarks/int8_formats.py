@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     command = "python benchmarks/int8_formats.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
 
-    from yolo_prune.data.shapes import resolve_data
+    from yolo_prune.data.builtin import resolve_data
     from yolo_prune.measurement.quantize import validate_int8
     from yolo_prune.measurement.report import machine_info
 

@@ -30,7 +30,8 @@ from ultralytics.utils import LOGGER  # noqa: E402
 from ultralytics.utils.files import increment_path  # noqa: E402
 
 from yolo_prune import PrunedDetectionTrainer, prune, save_checkpoint  # noqa: E402
-from yolo_prune.data.shapes import ensure_offline_font, resolve_data  # noqa: E402
+from yolo_prune.data.builtin import resolve_data  # noqa: E402
+from yolo_prune.data.shapes import ensure_offline_font
 from yolo_prune.measurement.measure import count_gflops, count_params, validate  # noqa: E402
 from yolo_prune.measurement.report import machine_info  # noqa: E402
 from yolo_prune.policy.importance import IMPORTANCE_METHODS  # noqa: E402

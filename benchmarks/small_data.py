@@ -150,7 +150,8 @@ def coco_weights(out: Path) -> Path:
 def dataset(out: Path, name: str | None = None) -> str:
     """The study's data: a built-in dataset ``name`` (e.g. ``shapes-v3.yaml``), or by default the small-data set of
     section A (150 train / 200 val shapes images, generator v2, seed 7, 320 px)."""
-    from yolo_prune.data.shapes import make_shapes_dataset, resolve_data
+    from yolo_prune.data.builtin import resolve_data
+    from yolo_prune.data.shapes import make_shapes_dataset
 
     if name:
         return resolve_data(name)

@@ -486,7 +486,8 @@ def run_study(out: Path, data: str, targets: tuple[int, ...], quick: bool = Fals
     """
     from ultralytics.data.utils import check_det_dataset
 
-    from yolo_prune.data.shapes import ensure_offline_font, resolve_data
+    from yolo_prune.data.builtin import resolve_data
+    from yolo_prune.data.shapes import ensure_offline_font
     from yolo_prune.integration.checkpoint import save_checkpoint
     from yolo_prune.integration.trainer import PrunedDetectionTrainer
 

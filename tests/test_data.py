@@ -17,6 +17,7 @@ import yaml
 
 from yolo_prune.data import shapes as data_module
 from yolo_prune.data import task_shapes
+from yolo_prune.data.builtin import resolve_data
 from yolo_prune.data.shapes import (
     BUILTIN_DATASETS,
     CLASS_NAMES,
@@ -24,7 +25,6 @@ from yolo_prune.data.shapes import (
     class_names,
     ensure_offline_font,
     make_shapes_dataset,
-    resolve_data,
 )
 
 REPO = Path(__file__).resolve().parents[1]

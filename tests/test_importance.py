@@ -65,7 +65,7 @@ def test_twin_halves_get_their_own_gradient_slices():
     Mutation caught: swapping the halves in ``_slice_twin_gradients`` (``_cv1a`` given rows ``c:2c``) or giving both
     halves the same slice; an end-to-end "taylor differs from l2" check passes either way.
     """
-    from yolo_prune.policy.prune import _slice_twin_gradients
+    from yolo_prune.graph.apply import _slice_twin_gradients
     from yolo_prune.rules.blocks import prepare_for_tracing
 
     model = YOLO("yolov8n.yaml").model

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ultralytics import YOLO
 
-from yolo_prune.integration import pipeline
+from yolo_prune.integration import engine
 from yolo_prune.integration.pipeline import PRUNE_DEFAULTS, budget_exceeded, parse_prune_args, run_prune, step_ratio
 from yolo_prune.measurement.measure import count_params, new_row
 
@@ -43,7 +43,7 @@ def script_map(monkeypatch: pytest.MonkeyPatch, scripted: dict) -> None:
     def fake_measure(model, name, path, args, out_dir):
         return new_row(name, str(path), params=count_params(model), map50_95=scripted[name], map50=scripted[name])
 
-    monkeypatch.setattr(pipeline, "_measure", fake_measure)
+    monkeypatch.setattr(engine, "measure_row", fake_measure)
 
 
 def test_step_ratio_compounds_to_the_final_ratio() -> None:

@@ -17,15 +17,16 @@ from ultralytics import YOLO
 from ultralytics.nn.modules import Classify
 
 from yolo_prune import prune
-from yolo_prune.data.shapes import resolve_data
+from yolo_prune.data.builtin import resolve_data
 from yolo_prune.data.task_shapes import KPT_SHAPE, TASK_CLASS_NAMES, TASK_DATASETS
+from yolo_prune.graph.shape_check import _shapes
 from yolo_prune.integration.checkpoint import load_yolo
 from yolo_prune.integration.cli import main
 from yolo_prune.integration.pipeline import run_prune
 from yolo_prune.integration.trainer import PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 from yolo_prune.measurement.measure import count_gflops
 from yolo_prune.policy.importance import get_importance
-from yolo_prune.policy.prune import _shapes, prune_detection_model
+from yolo_prune.policy.prune import prune_detection_model
 from yolo_prune.rules.tasks import HEADS, TASKS, task_of, trainer_for
 
 DATA = {"segment": "shapes-seg.yaml", "pose": "shapes-pose.yaml", "obb": "shapes-obb.yaml"}

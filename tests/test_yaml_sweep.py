@@ -9,8 +9,9 @@ import torch
 import ultralytics
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from yolo_prune.graph.shape_check import _shapes
 from yolo_prune.policy.importance import get_importance
-from yolo_prune.policy.prune import _shapes, prune_detection_model
+from yolo_prune.policy.prune import prune_detection_model
 
 MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
 OTHER_TASKS = ("-cls", "-seg", "-pose", "-obb", "-depth", "-sem")

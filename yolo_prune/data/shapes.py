@@ -14,7 +14,8 @@ a version's output never changes, new content gets a new version number:
   objects reach all three detection levels (strides 8, 16 and 32) at 320 px.
 
 Examples:
-    >>> from yolo_prune.data.shapes import make_shapes_dataset, resolve_data
+    >>> from yolo_prune.data.builtin import resolve_data
+    >>> from yolo_prune.data.shapes import make_shapes_dataset
     >>> yaml_path = make_shapes_dataset("my-shapes", n_train=64, n_val=16, imgsz=160, seed=1)
     >>> resolve_data("shapes-tiny.yaml")  # generated once into the cache, then reused
     '.../yolo-prune-shapes/shapes-tiny-g2-<hash>/data.yaml'
@@ -26,7 +27,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -50,7 +50,6 @@ __all__ = [
     "ensure_offline_font",
     "make_shapes_dataset",
     "staged_dataset",
-    "resolve_data",
 ]
 
 # Default generator version. A version's pixels and labels for given parameters never change (cached folders are named
@@ -613,50 +612,6 @@ def dataset_cache_dir() -> Path:
     from ultralytics.utils import DATASETS_DIR
 
     return Path(DATASETS_DIR) / "yolo-prune-shapes"
-
-
-def resolve_data(data: str) -> str:
-    """Map a built-in dataset name to a generated data yaml; return any other value unchanged.
-
-    Built-in names are the keys of `BUILTIN_DATASETS` (``"shapes.yaml"``, ``"shapes-tiny.yaml"``, ``"shapes-v3.yaml"``,
-    ``"shapes-v3-small.yaml"``, ``"shapes-v3-tiny.yaml"``) and of ``yolo_prune.data.task_shapes.TASK_DATASETS``
-    (``"shapes-seg.yaml"``, ``"shapes-pose.yaml"``, ``"shapes-obb.yaml"``), matched exactly.
-    The dataset is generated on first use into ``dataset_cache_dir() / "<name>-g<version>-<hash of parameters>"``
-    (the version is the entry's ``"version"``, `GENERATOR_VERSION` when absent) and reused afterwards; a new generator
-    version or new parameters give a new folder.
-
-    Args:
-        data (str): A built-in name, or anything Ultralytics accepts as ``data=`` (path to a yaml, ``"coco8.yaml"``).
-
-    Returns:
-        (str): Path of the generated data yaml for a built-in name, else ``data`` itself.
-
-    Examples:
-        >>> resolve_data("shapes.yaml")  # first call generates (a few seconds), later calls reuse
-        >>> resolve_data("VOC.yaml")
-        'VOC.yaml'
-    """
-    from .task_shapes import TASK_DATASETS, TASK_GENERATOR_VERSION, make_task_dataset
-
-    if not isinstance(data, str) or data not in {**BUILTIN_DATASETS, **TASK_DATASETS}:
-        return data
-    params = BUILTIN_DATASETS.get(data) or TASK_DATASETS[data]
-    builtin = data in BUILTIN_DATASETS
-    make = make_shapes_dataset if builtin else make_task_dataset
-    version = params.get("version", GENERATOR_VERSION) if builtin else TASK_GENERATOR_VERSION
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    root = dataset_cache_dir() / f"{Path(data).stem}-g{version}-{digest}"
-    yaml_path = root / DATA_YAML
-    if not yaml_path.is_file():
-        from ultralytics.utils import LOGGER, colorstr
-
-        LOGGER.info(f"{colorstr('yolo-prune: ')}generating built-in dataset {data} into {root}")
-        try:
-            make(root, **params)
-        except FileExistsError:
-            if not yaml_path.is_file():  # someone else's folder, not a finished dataset
-                raise
-    return str(yaml_path)
 
 
 def ensure_offline_font() -> None:

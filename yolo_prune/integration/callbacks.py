@@ -31,7 +31,6 @@ Examples:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -43,16 +42,21 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
+from ..config.checks import SPARSE_MODES, check_int, check_ratio
 from ..measurement.measure import count_params
 from ..policy.importance import IMPORTANCE_METHODS, collect_gradients, get_importance, needs_gradients
-from ..policy.prune import check_ratio, prune_detection_model
+from ..policy.prune import prune_detection_model
 from .trainer import PrunedDetectionTrainer
 
-__all__ = ["PROGRESS_ATTR", "SPARSE_MODES", "SPARSE_SCHEDULES", "PruneCallback"]
+__all__ = [
+    "PROGRESS_ATTR",
+    "SPARSE_MODES",
+    "SPARSE_SCHEDULES",
+    "PruneCallback",
+]
 
 PREFIX = colorstr("yolo-prune: ")
 PROGRESS_ATTR = "pruning_progress"  # plain dict on the model: survives checkpoints, needs no yolo_prune to unpickle
-SPARSE_MODES = ("bn", "group")
 SPARSE_SCHEDULES = ("constant", "linear", "ramp")
 MAX_PASSES = 4  # pruning passes per step, to reach the cumulative target despite rounding
 
@@ -113,11 +117,11 @@ class PruneCallback:
     ):
         """Check and store the settings; see the class docstring."""
         self.ratio = check_ratio(ratio)
-        self.start_epoch = _non_negative_int(start_epoch, "start_epoch")
-        self.end_epoch = self.start_epoch if end_epoch is None else _non_negative_int(end_epoch, "end_epoch")
+        self.start_epoch = check_int(start_epoch, "start_epoch")
+        self.end_epoch = self.start_epoch if end_epoch is None else check_int(end_epoch, "end_epoch")
         if self.start_epoch > self.end_epoch:
             raise ValueError(f"start_epoch ({self.start_epoch}) must not be after end_epoch ({self.end_epoch})")
-        self.steps = _non_negative_int(steps, "steps")
+        self.steps = check_int(steps, "steps")
         if self.steps < 1:
             raise ValueError("steps must be at least 1")
         self.method = str(method).lower()
@@ -137,7 +141,7 @@ class PruneCallback:
             raise ValueError(
                 f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}"
             )
-        self.sparse_epochs = None if sparse_epochs is None else _non_negative_int(sparse_epochs, "sparse_epochs")
+        self.sparse_epochs = None if sparse_epochs is None else check_int(sparse_epochs, "sparse_epochs")
         from ..measurement.hardware import resolve_round_to
 
         self.round_to = resolve_round_to(round_to, "onnx", "cpu").value
@@ -410,14 +414,6 @@ class PruneCallback:
                     trainer.save_model()
                 finally:
                     trainer.epoch = epoch
-
-
-def _non_negative_int(value: Any, name: str) -> int:
-    """Return ``value`` as an int >= 0 or raise a one-line ``ValueError``."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or value < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    return int(value)
 
 
 def _wrap_optimizer_step(trainer: BaseTrainer, before_step: Callable[[BaseTrainer], None]) -> None:

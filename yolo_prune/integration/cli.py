@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .args import RenamedArgumentWarning, did_you_mean
+from ..config.checks import did_you_mean
+from .args import RenamedArgumentWarning
 
 __all__ = ["COMMANDS", "entrypoint", "parse_key_values", "unmeasured"]
 

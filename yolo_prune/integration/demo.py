@@ -95,16 +95,15 @@ def check_demo_args(overrides: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: On an unknown key, ``model``/``data`` (the demo picks them) or a bad value.
     """
+    from ..config.checks import check_bool, check_int
     from .pipeline import parse_prune_args
 
     for key in ("model", "data"):
         if key in overrides:
             raise ValueError(f"the demo chooses {key}= itself; use 'yolo-prune prune' for your own model and data")
-    if not isinstance(overrides.get("fast", False), bool):
-        raise ValueError(f"fast={overrides['fast']!r} must be True or False")
-    epochs = overrides.get("baseline_epochs")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ValueError(f"baseline_epochs={epochs!r} must be an integer >= 1")
+    check_bool(overrides.get("fast", False), "fast")
+    if overrides.get("baseline_epochs") is not None:
+        check_int(overrides["baseline_epochs"], "baseline_epochs", 1)
     prune_args = {k: v for k, v in overrides.items() if k not in ("fast", "baseline_epochs")}
     try:
         parse_prune_args({"model": "demo.pt", "data": "shapes.yaml", **prune_args})
@@ -143,7 +142,8 @@ def baseline_checkpoint(settings: dict[str, Any]) -> Path:
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER, colorstr
 
-    from ..data.shapes import dataset_cache_dir, resolve_data
+    from ..data.builtin import resolve_data
+    from ..data.shapes import dataset_cache_dir
 
     prefix = colorstr("demo: ")
     folder = dataset_cache_dir() / "demo-models"
@@ -191,7 +191,8 @@ def run_demo(fast: bool = False, command: str | None = None, **overrides: Any) -
 
     from ultralytics.utils import LOGGER, colorstr
 
-    from .pipeline import check_output_folder, run_prune
+    from ..config.checks import check_output_folder
+    from .pipeline import run_prune
 
     start = time.perf_counter()
     prune_args = check_demo_args({"fast": fast, **overrides})

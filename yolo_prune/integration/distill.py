@@ -22,15 +22,19 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["PROJECTOR_INITS", "fit_projectors"]
+from ..config.checks import PROJECTOR_INITS, check_projector_init  # re-exported: their old home
+
+__all__ = [
+    "PROJECTOR_INITS",
+    "check_projector_init",
+    "fit_projectors",
+]
 
 RIDGE = 1e-3  # ridge of the fit, relative to the mean diagonal of the features' Gram matrix
-PROJECTOR_INITS = ("fit", "random")  # distill_projector=: least-squares fit before training, or Ultralytics' random
 
 
 def _flat(feature: torch.Tensor) -> torch.Tensor:
@@ -105,11 +109,3 @@ def fit_projectors(
         last.bias.copy_(solution[cs].to(last.bias.dtype))
         fitted.append((float(((projector(s0) - t0) ** 2).mean()), before))  # through the ReLU, as training sees it
     return fitted
-
-
-def check_projector_init(value: Any) -> str:
-    """Return ``value`` as one of `PROJECTOR_INITS`, or raise a one-line ``ValueError``."""
-    text = str(value).strip().lower()
-    if text not in PROJECTOR_INITS:
-        raise ValueError(f"distill_projector={value!r}: choose one of {', '.join(PROJECTOR_INITS)}")
-    return text

@@ -77,10 +77,13 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.files import increment_path
 
+    from ..config.checks import check_output_folder
     from ..measurement.measure import new_row
     from ..measurement.report import format_table, write_report
     from .checkpoint import load_yolo
-    from .pipeline import _sensitivity_curves, _time_side_by_side, check_output_folder, parse_prune_args, run_prune
+    from .engine import parse_prune_args
+    from .pipeline import run_prune
+    from .stages import sensitivity_curves, time_side_by_side
 
     prefix = colorstr("sweep: ")
     found = sweep_targets(kwargs)
@@ -109,7 +112,7 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
     if args["allocation"] == "sensitivity" and args["sensitivity"] is None:
         if not (run_dir / "sensitivity" / "sensitivity.json").is_file():
             _set_aside(run_dir / "sensitivity")
-            _sensitivity_curves(load_yolo(args["model"]), run_dir, args)  # one scan for every target
+            sensitivity_curves(load_yolo(args["model"]), run_dir, args)  # one scan for every target
         common["sensitivity"] = str(run_dir / "sensitivity")
     outs: dict[float, Path] = {}
     failed: dict[float, str] = {}
@@ -143,7 +146,7 @@ def run_sweep(command: str | None = None, **kwargs: Any) -> Path:
         row.update(name=f"{key}={t:g}", latency_ms={}, latency_detail={}, errors={})
         rows.append(row)
         models[row["name"]] = str(outs[t] / "weights" / "best.pt")
-    timing = _time_side_by_side(rows, models, args, run_dir)
+    timing = time_side_by_side(rows, models, args, run_dir)
     notes = [f"{key}={t:g}: {outs[t].name}/weights/best.pt (its own report in {outs[t].name}/)" for t in outs]
     notes += [f"{key}={t:g} failed: {why}" for t, why in failed.items()]
     if "sensitivity" in common:

@@ -84,7 +84,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
         (``random``, Ultralytics' initialisation, the default; ``fit``: `yolo_prune.integration.distill.fit_projectors`
         before the first step of a distilled run; not carried into DDP workers, which keep ``random``).
         """
-        from .distill import check_projector_init
+        from ..config.checks import check_projector_init
 
         overrides = dict(overrides or {})
         self.distill_projector = check_projector_init(overrides.pop("distill_projector", "random"))

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..integration.args import did_you_mean, is_none, rename_args, renamed_kwargs, resolve_device
+from ..config.checks import check_int, did_you_mean, is_none, resolve_device
+from ..integration.args import rename_args, renamed_kwargs
 from .measure import measure_model, new_row, resolve_backends
 from .report import format_table, write_report
 from .side_by_side import time_rows, timing_notes
@@ -38,7 +39,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
 
 RENAMED = {"val_batch": "batch"}  # old name -> new name; the old one still works with a deprecation warning
 
-_INT_KEYS = ("imgsz", "batch", "latency_batch", "runs", "warmup", "threads")
+_INT_KEYS = {"imgsz": 32, "batch": 1, "latency_batch": 1, "runs": 1, "warmup": 0, "threads": 1}  # key -> minimum
 
 
 def _split(value: Iterable[str] | str | None) -> list[str]:
@@ -76,18 +77,15 @@ def parse_bench_args(overrides: dict[str, Any]) -> dict[str, Any]:
     for k in ("data", "threads"):
         if is_none(args[k]):
             args[k] = None
-    for k in _INT_KEYS:
+    for k, minimum in _INT_KEYS.items():
         if args[k] is not None:
-            try:
-                args[k] = int(args[k])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{k}={args[k]!r} must be an integer") from e
+            args[k] = check_int(args[k], k, minimum)
     args["models"] = _split(args["models"])
     args["backends"] = tuple(_split(args["backends"]))
     args["device"] = resolve_device(args["device"])
     if not args["models"]:
         raise ValueError("bench needs models=a.pt,b.pt (the first one is the baseline)")
-    from .quantize import check_int8_request
+    from ..config.int8 import check_int8_request
 
     int8, backends = check_int8_request(args["int8"], args["backends"], args["device"])
     if int8 and args["data"] is None:
@@ -159,8 +157,8 @@ def run_bench(
     from ultralytics.utils.files import increment_path
 
     prefix = colorstr("bench: ")
-    from ..integration.pipeline import check_output_folder
-    from .quantize import check_int8_request
+    from ..config.checks import check_output_folder
+    from ..config.int8 import check_int8_request
 
     device = resolve_device(device)
     models = _split(models)

@@ -41,17 +41,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config.checks import check_round_to
+
 __all__ = [
     "TABLE_BACKENDS",
-    "ConvSpec",
-    "LatencyTable",
-    "RoundTo",
     "auto_round_to",
     "compare_latency",
     "conv_specs",
+    "ConvSpec",
     "cpu_name",
+    "LatencyTable",
     "padded_macs",
     "resolve_round_to",
+    "RoundTo",
 ]
 
 TABLE_BACKENDS = ("torch", "onnx")
@@ -105,14 +107,10 @@ def auto_round_to(backend: str = "onnx", device: str | None = "cpu") -> RoundTo:
 
 
 def resolve_round_to(round_to: int | str, backend: str = "onnx", device: str | None = "cpu") -> RoundTo:
-    """Return the channel multiple for ``round_to`` (``"auto"`` or a positive integer), or raise a one-line error."""
-    if isinstance(round_to, str) and round_to.strip().lower() == "auto":
-        return auto_round_to(backend, device)
-    if isinstance(round_to, bool) or not isinstance(round_to, (int, float)) or round_to != int(round_to):
-        raise ValueError(f"round_to must be 'auto' or a positive integer, got {round_to!r}")
-    if int(round_to) < 1:
-        raise ValueError(f"round_to must be 'auto' or a positive integer, got {round_to!r}")
-    return RoundTo(int(round_to), "given")
+    """Return the channel multiple for ``round_to`` (``"auto"``: `auto_round_to`, or a positive integer), or raise a
+    one-line error (the value is checked by `yolo_prune.config.checks.check_round_to`)."""
+    value = check_round_to(round_to)
+    return auto_round_to(backend, device) if value == "auto" else RoundTo(int(value), "given")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ Examples:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -31,10 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config.checks import ACCEPTED_BACKENDS, OPENVINO_MISSING, check_backend_names
 from ..integration.checkpoint import load_yolo  # the package's one checkpoint reader, re-exported for old imports
 
 __all__ = [
     "ACCEPTED_BACKENDS",
+    "OPENVINO_MISSING",
     "BackendUnavailableError",
     "checkpoint_size_mb",
     "count_gflops",
@@ -61,18 +62,6 @@ __all__ = [
     "torch_runner",
     "validate",
 ]
-
-ACCEPTED_BACKENDS = (
-    "torch",
-    "onnx",
-    "openvino",
-    "torch_cpu",
-    "torch_cuda",
-    "onnx_cpu",
-    "onnx_cuda",
-    "openvino_cpu",
-)
-OPENVINO_MISSING = "the openvino backend needs OpenVINO: pip install openvino"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -542,7 +531,7 @@ def validate(
     Returns:
         (dict): `{"map50_95": float, "map50": float}`, plus the task's keys.
     """
-    from ..data.shapes import resolve_data
+    from ..data.builtin import resolve_data
 
     data = resolve_data(data)
 
@@ -596,25 +585,16 @@ def resolve_backends(backends: Iterable[str] | str, device: str = "cpu") -> tupl
     Returns:
         (tuple[list[str], dict[str, str]]): Ordered unique labels, and errors for unknown names.
     """
-    if isinstance(backends, str):
-        backends = [b for b in backends.split(",")]
+    names, errors = check_backend_names(backends)
     gpu = _is_gpu(device)
-    labels, errors = [], {}
-    for raw in backends:
-        b = str(raw).strip().lower()
-        if not b:
-            continue
+    labels = []
+    for b in names:
         if b == "torch":
             new = ["torch_cuda" if gpu else "torch_cpu"]
         elif b == "onnx":
             new = ["onnx_cpu", "onnx_cuda"] if gpu else ["onnx_cpu"]
-        elif b in ACCEPTED_BACKENDS:
-            new = ["openvino_cpu"] if b == "openvino" else [b]
         else:
-            errors[b] = f"unknown backend '{b}', accepted: {', '.join(ACCEPTED_BACKENDS)}"
-            new = []
-        if new and new[0].startswith("openvino") and importlib.util.find_spec("openvino") is None:
-            errors[b], new = OPENVINO_MISSING, []
+            new = ["openvino_cpu"] if b == "openvino" else [b]
         labels += [x for x in new if x not in labels]
     return labels, errors
 

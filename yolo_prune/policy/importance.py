@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..config.checks import check_method
 from ..integration.args import torch_device
 
 __all__ = ["GRADIENT_METHODS", "IMPORTANCE_METHODS", "collect_gradients", "get_importance", "needs_gradients"]
@@ -49,14 +50,6 @@ IMPORTANCE_METHODS: dict[str, Callable[[], tp.importance.Importance]] = {
 GRADIENT_METHODS = frozenset({"taylor", "hessian"})
 
 
-def _key(method: str) -> str:
-    """Return the lower-case method name, or raise a one-line ``ValueError``."""
-    key = str(method).lower()
-    if key not in IMPORTANCE_METHODS:
-        raise ValueError(f"unknown importance method '{method}': choose one of {', '.join(IMPORTANCE_METHODS)}")
-    return key
-
-
 def get_importance(method: str) -> tp.importance.Importance:
     """Return the torch-pruning importance criterion called ``method``.
 
@@ -72,7 +65,7 @@ def get_importance(method: str) -> tp.importance.Importance:
     Examples:
         >>> get_importance("l2")(group)  # one score per channel of the group's root layer
     """
-    return IMPORTANCE_METHODS[_key(method)]()
+    return IMPORTANCE_METHODS[check_method(method)]()
 
 
 def needs_gradients(method: str) -> bool:
@@ -81,7 +74,7 @@ def needs_gradients(method: str) -> bool:
     Raises:
         ValueError: If ``method`` is unknown.
     """
-    return _key(method) in GRADIENT_METHODS
+    return check_method(method) in GRADIENT_METHODS
 
 
 def _calibration_batches(
@@ -95,7 +88,7 @@ def _calibration_batches(
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
-    from ..data.shapes import resolve_data
+    from ..data.builtin import resolve_data
 
     info = check_det_dataset(resolve_data(data))
     task = getattr(model, "task", None) or "detect"  # segment/pose/obb datasets also load masks, keypoints, angles
@@ -162,7 +155,7 @@ def collect_gradients(
     Raises:
         ValueError: If ``method`` is not a gradient method, ``batches < 1`` or the dataset has no training images.
     """
-    key = _key(method)
+    key = check_method(method)
     if key not in GRADIENT_METHODS:
         raise ValueError(
             f"method '{method}' needs no gradients; gradient methods: {', '.join(sorted(GRADIENT_METHODS))}"

@@ -30,18 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config.checks import RECONSTRUCT_METHODS, check_reconstruct  # re-exported: their old home
 from ..integration.args import torch_device
 
 __all__ = [
     "RECONSTRUCT_METHODS",
-    "LayerFit",
-    "ReconstructStats",
     "calibration_images",
     "check_reconstruct",
+    "LayerFit",
     "reconstruct",
+    "ReconstructStats",
 ]
 
-RECONSTRUCT_METHODS = ("ls", "seq", "bn")
 RIDGE = 1e-3  # ridge strength, relative to the mean diagonal of the input Gram matrix
 POSITIONS = 64  # output positions sampled per image and conv
 UNCHANGED = 1e-10  # relative error below which a conv is left as it is (nothing upstream of it changed)
@@ -91,22 +91,6 @@ class ReconstructStats:
 def _mean(values: list[float]) -> float | None:
     """Mean of a list, None when empty."""
     return round(sum(values) / len(values), 6) if values else None
-
-
-def check_reconstruct(value: Any) -> str | None:
-    """Return the reconstruction method (``ls``, ``bn``) or None for off (``None``, ``False``, ``"none"``, ``"off"``).
-
-    Raises:
-        ValueError: For any other value.
-    """
-    if value is None or value is False or str(value).lower() in ("none", "off", "false", "0"):
-        return None
-    if value is True or str(value).lower() == "true":
-        return "ls"
-    key = str(value).lower()
-    if key not in RECONSTRUCT_METHODS:
-        raise ValueError(f"reconstruct='{value}' is not valid: use one of {', '.join(RECONSTRUCT_METHODS)} or none")
-    return key
 
 
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:

@@ -31,9 +31,17 @@ import torch
 from ultralytics.utils import LOGGER, TQDM, colorstr
 from ultralytics.utils.files import increment_path
 
+from ..config.checks import check_ratios, check_stages, resolve_device
 from ..measurement.report import save_figure, write_atomic
 
-__all__ = ["SENSITIVITY_DEFAULTS", "check_ratios", "layer_ratios", "model_fingerprint", "run_sensitivity", "val_subset"]
+__all__ = [
+    "SENSITIVITY_DEFAULTS",
+    "check_ratios",
+    "layer_ratios",
+    "model_fingerprint",
+    "run_sensitivity",
+    "val_subset",
+]
 
 PREFIX = colorstr("yolo-prune: ")
 METRICS = ("map50_95", "map50")
@@ -60,40 +68,6 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "name": "exp",
     "verbose": True,
 }
-
-
-def _numbers(value: Any, name: str, kind: type) -> list:
-    """Parse a number, a sequence of numbers or a comma-separated string into a list, or raise ``ValueError``."""
-    if isinstance(value, str):
-        value = [v for v in value.replace("[", "").replace("]", "").replace("(", "").replace(")", "").split(",") if v]
-    elif not isinstance(value, Iterable):
-        value = [value]
-    try:
-        out = [kind(float(v)) if kind is int else kind(v) for v in value]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}") from None
-    if kind is int and any(float(a) != b for a, b in zip(value, out, strict=True)):
-        raise ValueError(f"{name} must be whole numbers, got {value!r}")
-    return out
-
-
-def check_ratios(ratios: Any) -> list[float]:
-    """Return sorted unique ratios in (0, 1), or raise ``ValueError``."""
-    values = sorted(set(_numbers(ratios, "ratios", float)))
-    if not values or any(not 0.0 < r < 1.0 for r in values):
-        raise ValueError(f"ratios must be numbers in (0, 1), got {ratios!r}")
-    return values
-
-
-def _check_stages(stages: Any, count: int) -> list[int]:
-    """Return the layer indices to analyse (negative ones count from the end), or raise ``ValueError``."""
-    if stages is None:
-        return list(range(count))
-    values = _numbers(stages, "stages", int)
-    bad = [s for s in values if not -count <= s < count]
-    if bad:
-        raise ValueError(f"stages must be layer indices in [0, {count}), got {bad}")
-    return sorted({s % count for s in values})
 
 
 @contextmanager
@@ -237,15 +211,14 @@ def run_sensitivity(
         ValueError: On a missing ``model``/``data``, bad ``ratios``/``stages``, an unknown method or an unsupported
             model.
     """
-    from ..data.shapes import resolve_data
-    from ..integration.args import resolve_device
+    from ..config.checks import check_attention, check_reconstruct
+    from ..data.builtin import resolve_data
     from ..integration.checkpoint import load_yolo
     from ..measurement.measure import count_gflops, validate
     from ..measurement.report import machine_info
-    from ..rules.attention import check_attention
     from ..rules.blocks import check_supported
     from .importance import collect_gradients, get_importance, needs_gradients
-    from .reconstruct import calibration_images, check_reconstruct
+    from .reconstruct import calibration_images
     from .reconstruct import reconstruct as refit
 
     if model is None or data is None:
@@ -259,7 +232,7 @@ def run_sensitivity(
     yolo = load_yolo(model)
     check_supported(yolo.model)
     base = copy.deepcopy(yolo.model).float().cpu()
-    stage_list = _check_stages(stages, len(base.model))
+    stage_list = check_stages(stages, len(base.model))
     data_yaml = resolve_data(data)
     if images is not None and not _whole(images):
         raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")

@@ -25,19 +25,20 @@ from pathlib import Path
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
+from ..config.checks import LATENCY_BACKENDS, check_backend, check_target  # re-exported: their old home
+
 __all__ = [
     "LATENCY_BACKENDS",
     "TARGET_KINDS",
-    "TargetSearch",
     "check_backend",
     "check_target",
     "cost_meter",
     "search_ratio",
+    "TargetSearch",
 ]
 
 PREFIX = colorstr("yolo-prune: ")
 TARGET_KINDS = ("macs", "latency")
-LATENCY_BACKENDS = ("torch", "onnx", "openvino")
 TOLERANCE = {"macs": 0.02, "latency": 0.05}  # stop once the achieved cost ratio is this close below the target
 
 
@@ -71,26 +72,6 @@ class TargetSearch:
         out["evaluations"] = [list(e) for e in self.evaluations]
         out["missed"] = None if self.missed is None else list(self.missed)
         return out
-
-
-def check_target(value: float, name: str) -> float:
-    """Return ``value`` as a float in (0, 1], or raise a one-line ``ValueError`` naming the argument."""
-    from .prune import check_fraction
-
-    return check_fraction(value, name, "the fraction of the unpruned cost to keep", zero_ok=False, one_ok=True)
-
-
-def check_backend(backend: str) -> str:
-    """Return the latency backend name, or raise a one-line ``ValueError`` (also when OpenVINO is not installed)."""
-    from ..measurement.measure import resolve_backends
-
-    key = str(backend).lower()
-    if key not in LATENCY_BACKENDS:
-        raise ValueError(f"unknown latency backend '{backend}': choose one of {', '.join(LATENCY_BACKENDS)}")
-    missing = resolve_backends([key])[1]  # the optional openvino package
-    if missing:
-        raise ValueError(missing[key])
-    return key
 
 
 def cost_meter(

@@ -36,6 +36,8 @@ from torch import nn
 from ultralytics.nn.modules import Attention
 from ultralytics.nn.modules.block import AAttn
 
+from ..config.checks import ATTENTION_MODES, check_attention  # re-exported: their old home
+
 __all__ = [
     "ATTENTION_MODES",
     "ATTENTION_TYPES",
@@ -47,20 +49,7 @@ __all__ = [
     "stream_tied",
 ]
 
-ATTENTION_MODES = ("heads", "keep")
 ATTENTION_TYPES = (Attention, AAttn)
-
-
-def check_attention(mode: str) -> str:
-    """Return ``mode`` (``heads`` or ``keep``) lower-cased, or raise a one-line ``ValueError``.
-
-    Args:
-        mode: How attention is pruned: ``heads`` removes whole heads, ``keep`` leaves attention as it is.
-    """
-    value = str(mode).strip().lower()
-    if value not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {mode!r}")
-    return value
 
 
 def stream_tied(module: nn.Module) -> bool:

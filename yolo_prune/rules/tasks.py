@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -46,9 +45,7 @@ from ultralytics.nn.modules.block import Proto26
 from ultralytics.nn.modules.head import OBB26, Pose26, Segment26
 
 from ..integration.trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
-
-if TYPE_CHECKING:
-    from .blocks import TracingPlan
+from .plan import TracingPlan
 
 __all__ = ["HEAD_RULES", "HEADS", "TASKS", "Task", "check_head", "task_of", "trainer_for"]
 

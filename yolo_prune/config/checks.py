@@ -27,16 +27,19 @@ __all__ = [
     "ACCEPTED_BACKENDS",
     "ALLOCATIONS",
     "ATTENTION_MODES",
+    "GRADIENT_METHODS",
     "IMPORTANCE_NAMES",
     "LATENCY_BACKENDS",
     "OPENVINO_MISSING",
     "PROJECTOR_INITS",
     "RECONSTRUCT_METHODS",
     "SPARSE_MODES",
+    "SPARSE_SCHEDULES",
     "check_attention",
     "check_backend",
     "check_backend_names",
     "check_bool",
+    "check_callback_settings",
     "check_choice",
     "check_float",
     "check_fraction",
@@ -45,6 +48,7 @@ __all__ = [
     "check_max_ratio",
     "check_method",
     "check_output_folder",
+    "check_prune_call",
     "check_projector_init",
     "check_ratio",
     "check_ratios",
@@ -65,8 +69,10 @@ OPENVINO_MISSING = "the openvino backend needs OpenVINO: pip install openvino"
 PROJECTOR_INITS = ("fit", "random")  # distill_projector=: least-squares fit before training, or Ultralytics' random
 RECONSTRUCT_METHODS = ("ls", "seq", "bn")  # re-fit after pruning: least squares, sequential least squares, BN only
 SPARSE_MODES = ("bn", "group")  # what the sparsity penalty acts on
+SPARSE_SCHEDULES = ("constant", "linear", "ramp")  # how PruneCallback's penalty changes over the sparse epochs
 # channel importance criteria (yolo_prune.policy.importance.IMPORTANCE_METHODS implements one per name)
 IMPORTANCE_NAMES = ("l1", "l2", "bn", "lamp", "fpgm", "taylor", "hessian", "random")
+GRADIENT_METHODS = frozenset({"taylor", "hessian"})  # criteria that read param.grad: they need data= to compute it
 
 
 def did_you_mean(key: str, valid: Iterable[str]) -> str:
@@ -350,3 +356,120 @@ def check_output_folder(project: str | Path) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"project={project} cannot be written: no write permission in '{existing}' (read-only?)")
     return folder
+
+
+def check_prune_call(
+    *,
+    ratio: Any,
+    target_macs: Any,
+    target_latency: Any,
+    layer_ratios: Mapping[int, float] | None,
+    global_pruning: bool,
+    sensitivity: Any,
+    max_ratio: Any,
+    method: Any,
+    attention: Any,
+    reconstruct: Any,
+    backend: Any,
+    device: Any,
+    data: Any,
+) -> dict[str, Any]:
+    """Check the arguments of ``yolo_prune.prune()`` together; return them checked.
+
+    Returns:
+        ``ratio`` (float; 0.5, or 0 with ``layer_ratios``, when not given), ``target`` (``{"macs"|"latency": value}``
+        or empty), ``layer_ratios`` (dict), ``max_ratio``, ``method``, ``attention``, ``reconstruct`` (or None),
+        ``backend`` and ``device`` (resolved).
+
+    Raises:
+        ValueError: One line: a bad value, two targets, a ratio with a target, ``layer_ratios`` with a target,
+            ``global_pruning`` or ``sensitivity``, or a re-fit or gradient method without ``data``.
+    """
+    given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
+    if len(given) > 1:
+        raise ValueError("give at most one of target_macs and target_latency")
+    if given and ratio is not None:
+        raise ValueError(f"ratio and target_{next(iter(given))} are mutually exclusive: give one of them")
+    if given and layer_ratios:
+        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with a target")
+    target = {kind: check_target(value, f"target_{kind}") for kind, value in given.items()}
+    layers = check_layer_ratios(layer_ratios)
+    if global_pruning and layers:
+        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
+    if sensitivity is not None and (layers or global_pruning):
+        raise ValueError(
+            "sensitivity allocates the ratio of every layer: do not combine it with layer_ratios or global_pruning"
+        )
+    method = check_method(method)
+    refit = check_reconstruct(reconstruct)
+    if refit and data is None:
+        raise ValueError(f"reconstruct='{refit}' re-fits the pruned model on training images: give data=")
+    if method in GRADIENT_METHODS and data is None:
+        raise ValueError(
+            f"method='{method}' scores channels from gradients: give data= (a dataset yaml) to compute them"
+        )
+    return {
+        "ratio": check_ratio((0.0 if layers else 0.5) if ratio is None else ratio),
+        "target": target,
+        "layer_ratios": layers,
+        "max_ratio": check_max_ratio(max_ratio),
+        "method": method,
+        "attention": check_attention(attention),
+        "reconstruct": refit,
+        "backend": check_backend(backend),
+        "device": resolve_device(device),
+    }
+
+
+def check_callback_settings(
+    *,
+    ratio: Any,
+    start_epoch: Any,
+    end_epoch: Any,
+    steps: Any,
+    method: Any,
+    sparsity: Any,
+    sparse: Any,
+    sparse_schedule: Any,
+    sparse_epochs: Any,
+    round_to: Any,
+) -> dict[str, Any]:
+    """Check `PruneCallback`'s settings together; return them checked (``round_to`` still ``"auto"`` or an int).
+
+    Raises:
+        ValueError: One line: a bad value, or ``start_epoch`` after ``end_epoch``.
+    """
+    start = check_int(start_epoch, "start_epoch")
+    end = start if end_epoch is None else check_int(end_epoch, "end_epoch")
+    if start > end:
+        raise ValueError(f"start_epoch ({start}) must not be after end_epoch ({end})")
+    count = check_int(steps, "steps")
+    if count < 1:
+        raise ValueError("steps must be at least 1")
+    try:
+        strength = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number >= 0, got {sparsity!r}") from None
+    if not (strength >= 0.0 and math.isfinite(strength)):
+        raise ValueError(f"sparsity must be a finite number >= 0, got {sparsity!r}")
+    schedule = str(sparse_schedule).lower()
+    if schedule not in SPARSE_SCHEDULES:
+        raise ValueError(f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}")
+    mode = str(sparse).lower()
+    if mode not in SPARSE_MODES:
+        raise ValueError(f"unknown sparse mode '{sparse}': choose one of {', '.join(SPARSE_MODES)}")
+    key = str(method).lower()
+    if key not in IMPORTANCE_NAMES:
+        raise ValueError(f"unknown method '{method}': choose one of {', '.join(IMPORTANCE_NAMES)}")
+    return {
+        "ratio": check_ratio(ratio),
+        "start_epoch": start,
+        "end_epoch": end,
+        "steps": count,
+        "method": key,
+        "sparsity": strength,
+        "sparse": mode,
+        "sparse_schedule": schedule,
+        "sparse_epochs": None if sparse_epochs is None else check_int(sparse_epochs, "sparse_epochs"),
+        "round_to": check_round_to(round_to),
+    }

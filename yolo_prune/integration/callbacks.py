@@ -26,6 +26,9 @@ Examples:
     >>> model = YOLO("yolo11n.yaml")
     >>> PruneCallback(ratio=0.5, start_epoch=5, end_epoch=30, method="l2", sparsity=1e-4).attach(model)
     >>> model.train(data="my.yaml", epochs=40)
+
+Over 400 lines: one class whose trainer-event methods share the pruning schedule's state, plus the rebuild of the
+training state after a cut.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
 
-from ..config.checks import SPARSE_MODES, check_int, check_ratio
+from ..config.checks import SPARSE_MODES, SPARSE_SCHEDULES, check_callback_settings
 from ..measurement.measure import count_params
-from ..policy.importance import IMPORTANCE_METHODS, collect_gradients, get_importance, needs_gradients
+from ..policy.importance import collect_gradients, get_importance, needs_gradients
 from ..policy.prune import prune_detection_model
 from .trainer import PrunedDetectionTrainer
 
@@ -57,7 +60,6 @@ __all__ = [
 
 PREFIX = colorstr("yolo-prune: ")
 PROGRESS_ATTR = "pruning_progress"  # plain dict on the model: survives checkpoints, needs no yolo_prune to unpickle
-SPARSE_SCHEDULES = ("constant", "linear", "ramp")
 MAX_PASSES = 4  # pruning passes per step, to reach the cumulative target despite rounding
 
 
@@ -116,35 +118,23 @@ class PruneCallback:
         round_to: int | str = "auto",
     ):
         """Check and store the settings; see the class docstring."""
-        self.ratio = check_ratio(ratio)
-        self.start_epoch = check_int(start_epoch, "start_epoch")
-        self.end_epoch = self.start_epoch if end_epoch is None else check_int(end_epoch, "end_epoch")
-        if self.start_epoch > self.end_epoch:
-            raise ValueError(f"start_epoch ({self.start_epoch}) must not be after end_epoch ({self.end_epoch})")
-        self.steps = check_int(steps, "steps")
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
-        self.method = str(method).lower()
-        if self.method not in IMPORTANCE_METHODS:
-            raise ValueError(f"unknown method '{method}': choose one of {', '.join(IMPORTANCE_METHODS)}")
-        try:
-            self.sparsity = float(sparsity)
-        except (TypeError, ValueError):
-            raise ValueError(f"sparsity must be a number >= 0, got {sparsity!r}") from None
-        if not (self.sparsity >= 0.0 and math.isfinite(self.sparsity)):
-            raise ValueError(f"sparsity must be a finite number >= 0, got {sparsity!r}")
-        self.sparse = str(sparse).lower()
-        if self.sparse not in SPARSE_MODES:
-            raise ValueError(f"unknown sparse mode '{sparse}': choose one of {', '.join(SPARSE_MODES)}")
-        self.sparse_schedule = str(sparse_schedule).lower()
-        if self.sparse_schedule not in SPARSE_SCHEDULES:
-            raise ValueError(
-                f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}"
-            )
-        self.sparse_epochs = None if sparse_epochs is None else check_int(sparse_epochs, "sparse_epochs")
+        settings = check_callback_settings(
+            ratio=ratio,
+            start_epoch=start_epoch,
+            end_epoch=end_epoch,
+            steps=steps,
+            method=method,
+            sparsity=sparsity,
+            sparse=sparse,
+            sparse_schedule=sparse_schedule,
+            sparse_epochs=sparse_epochs,
+            round_to=round_to,
+        )
+        for key, value in settings.items():
+            setattr(self, key, value)
         from ..measurement.hardware import resolve_round_to
 
-        self.round_to = resolve_round_to(round_to, "onnx", "cpu").value
+        self.round_to = resolve_round_to(self.round_to, "onnx", "cpu").value
 
     # ------------------------------------------------------------------------------------------------------------
     # Public API

@@ -9,6 +9,9 @@ Examples:
     >>> from yolo_prune.integration.checkpoint import load_yolo, save_checkpoint
     >>> yolo = load_yolo("yolo11n.yaml")  # random init; a YOLO object or a local .pt are accepted too
     >>> save_checkpoint(yolo, "pruned.pt", yolo_prune={"ratio": 0.5, "method": "l2"})
+
+Over 400 lines: loading, checking (task, plain classes, a forward pass under this Ultralytics) and atomic saving share
+the checks of what a plain checkpoint may hold.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ultralytics.utils.torch_utils import is_qat, qat_state, strip_qat
 
 from .compat import migrate_layouts
 
-__all__ = ["check_runs", "load_yolo", "save_checkpoint"]
+__all__ = ["check_forward_pass", "load_yolo", "save_checkpoint"]
 
 PREFIX = colorstr("yolo-prune: ")
 SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")  # the tasks of yolo_prune.rules.tasks.TASKS
@@ -103,7 +106,7 @@ def load_yolo(
     if suffix in {".yaml", ".yml"}:
         return _check_detector(_yolo_from_yaml(name, nc, kpt_shape), f"'{name}'")
     if suffix == ".pt":
-        return check_runs(_check_detector(_yolo_from_checkpoint(name), f"'{name}'"), f"'{name}'")
+        return check_forward_pass(_check_detector(_yolo_from_checkpoint(name), f"'{name}'"), f"'{name}'")
     raise ValueError(f"unsupported model '{name}': {ACCEPTED}")
 
 
@@ -257,7 +260,7 @@ def _yolo_from_checkpoint(name: str, shown: str | None = None) -> YOLO:
     return yolo
 
 
-def check_runs(yolo: YOLO, what: str) -> YOLO:
+def check_forward_pass(yolo: YOLO, what: str) -> YOLO:
     """Return ``yolo`` if its model runs one eval forward at a small size, else raise a one-line ValueError.
 
     A checkpoint can unpickle and still fail in the installed Ultralytics (a module whose attributes changed between

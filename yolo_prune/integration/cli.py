@@ -185,9 +185,9 @@ def usage(command: str | None = None) -> str:
         (str): Usage with examples and defaults.
     """
     from .. import __version__
+    from ..config.options import options_help
     from ..measurement.bench import BENCH_DEFAULTS
     from .demo import DEMO_DEFAULTS
-    from .pipeline import PRUNE_DEFAULTS
 
     sections = {
         "prune": (
@@ -223,7 +223,7 @@ def usage(command: str | None = None) -> str:
             "per-round speed-ups, with its 10-90 % range.\n"
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
-            f"  defaults:\n{_defaults_text(PRUNE_DEFAULTS)}"
+            f"  options (key=default, meaning):\n{options_help()}"
         ),
         "bench": (
             "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"

@@ -16,6 +16,9 @@ Examples:
     >>> run = PruneRun(model="best.pt", data="data.yaml", target_macs=0.5, epochs=10)
     >>> run.add_callback("on_prune_end", lambda r: print(r.pruned.prune_info["target"]))
     >>> run_dir = run.run()
+
+Over 400 lines: one small method per stage (eleven stages) plus the run's state; the work inside the stages lives in
+`yolo_prune.integration.stages`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from .stages import (
     int8_rows,
     latency_note,
     load_input,
+    load_teacher,
     measure_row,
-    resolve_teacher,
     sensitivity_curves,
     step_ratio,
     time_side_by_side,
@@ -94,6 +97,7 @@ class PruneRun:
         self.current: Any = None
         self.pruned: Any = None
         self.teacher: str | None = None
+        self.teacher_yolo: Any = None
         self.curves: list | None = None
         self.train_args: dict[str, Any] = {}
         self.recipe_reason = ""
@@ -180,7 +184,7 @@ class PruneRun:
         args["epochs"], self.budget_note = finetune_epochs(
             args["epochs"], count_images(info.get("train")), args["min_images"]
         )
-        self.teacher = resolve_teacher(args, self.baseline) if args["distill"] else None
+        self.teacher, self.teacher_yolo = load_teacher(args, self.baseline) if args["distill"] else (None, None)
         self.run_dir = increment_path(Path(args["project"]) / args["name"], mkdir=True)
         self.log(
             f"{args['model']} -> {colorstr('bold', self.run_dir)}: {self.goal} in {args['steps']} step(s), "
@@ -340,6 +344,7 @@ class PruneRun:
             self.args,
             self.train_args,
             self.args["epochs"],
+            teacher=copy.deepcopy(self.teacher_yolo.model) if self.teacher else None,  # not read again from disk
         )
         self.best, self.last = trained_checkpoints(trainer)
         self.last_good = self.best

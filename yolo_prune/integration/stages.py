@@ -20,6 +20,7 @@ __all__ = [
     "copy_atomic",
     "int8_rows",
     "latency_note",
+    "load_teacher",
     "load_input",
     "measure_row",
     "resolve_teacher",
@@ -183,7 +184,13 @@ def copy_atomic(src: Path, dst: Path) -> Path:
 
 
 def resolve_teacher(args: dict, student: Any) -> str:
-    """Return the absolute path of the distillation teacher, checked against the student, before any training.
+    """Return the absolute path of the distillation teacher (see `load_teacher`)."""
+    return load_teacher(args, student)[0]
+
+
+def load_teacher(args: dict, student: Any) -> tuple[str, Any]:
+    """Return the absolute path of the distillation teacher and the teacher (``YOLO``), checked against the student,
+    before any training.
 
     The teacher is ``distill_model`` when given, else the input model itself (the unpruned network is the natural
     teacher of its pruned self).
@@ -218,7 +225,7 @@ def resolve_teacher(args: dict, student: Any) -> str:
             f"distillation teacher '{path}' has {len(getattr(head, 'f', []))} detection levels but the model has "
             f"{len(own.f)}: Ultralytics distils feature level by level"
         )
-    return str(Path(path).resolve())
+    return str(Path(path).resolve()), teacher
 
 
 def sensitivity_curves(model: Any, run_dir: Path, args: dict) -> list:
@@ -349,12 +356,14 @@ def train_module(
     train_args: dict,
     epochs: int,
     callbacks: dict | None = None,
+    teacher: Any = None,
 ) -> Any:
     """Train the in-memory ``module`` with the pruned trainer of its task into ``run_dir/name`` and return the trainer.
 
     The module is handed to the trainer as ``trainer.model`` (trained in place, not read again from disk);
     ``source`` is the checkpoint it was saved as, recorded as the run's ``model`` (the file a resume starts from is
-    the run's own ``weights/last.pt``). ``callbacks`` maps trainer events to extra functions (e.g. `PruneCallback`'s).
+    the run's own ``weights/last.pt``). ``callbacks`` maps trainer events to extra functions (e.g. `PruneCallback`'s);
+    ``teacher`` is the distillation teacher module (``train_args['distill_model']`` is then not read again).
 
     Raises:
         RuntimeError: If the run wrote no checkpoint.
@@ -378,6 +387,7 @@ def train_module(
         for function in functions:
             trainer.add_callback(event, function)
     trainer.model = module
+    trainer.teacher = teacher
     trainer.train()
     if not Path(trainer.last).is_file():
         raise RuntimeError(f"training run '{name}' wrote no checkpoint in {trainer.save_dir}")

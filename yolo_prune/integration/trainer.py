@@ -76,6 +76,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
     accepted_task = "detect"  # the task of the models this trainer accepts
     keep_start = True  # validate the model before the first epoch; best.pt stays it unless an epoch beats it
+    teacher: torch.nn.Module | None = None  # the distillation teacher in memory (else read from args.distill_model)
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         """Create the trainer as `DetectionTrainer` does; its ``last.pt``/``best.pt`` are then written atomically.
@@ -93,9 +94,16 @@ class PrunedDetectionTrainer(DetectionTrainer):
         self.start_metrics: dict | None = None  # validation of the model as given, before any step (keep_start)
 
     def _setup_train(self) -> None:
-        """Set up as Ultralytics does, then (a new distilled run with ``distill_projector=fit``) fit the projectors,
-        and (``keep_start``, a new run with validation) validate the starting model."""
-        super()._setup_train()
+        """Set up as Ultralytics does (with ``teacher`` set, the distillation teacher is that module instead of a new
+        read of ``distill_model``), then (a new distilled run with ``distill_projector=fit``) fit the projectors, and
+        (``keep_start``, a new run with validation) validate the starting model."""
+        path = self.args.distill_model
+        if self.teacher is not None and path is not None and not self.resume:
+            self.args.distill_model = self.teacher  # Ultralytics builds its DistillationModel from a path or a module
+        try:
+            super()._setup_train()
+        finally:
+            self.args.distill_model = path  # what the checkpoints record, and what a resume rebuilds the teacher from
         if self.distill_projector == "fit" and self.start_epoch == 0:
             self._fit_projectors()
         if self.keep_start and self.start_epoch == 0 and self.args.val and RANK in {-1, 0}:

@@ -28,7 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..config.checks import check_method
+from ..config.checks import GRADIENT_METHODS, check_method
 from ..integration.args import torch_device
 
 __all__ = ["GRADIENT_METHODS", "IMPORTANCE_METHODS", "collect_gradients", "get_importance", "needs_gradients"]
@@ -46,8 +46,8 @@ IMPORTANCE_METHODS: dict[str, Callable[[], tp.importance.Importance]] = {
     "random": tp.importance.RandomImportance,
 }
 
-# Methods that read ``param.grad``: first-order Taylor (|w * dL/dw|) and the OBD Hessian diagonal (w^2 * E[g^2]).
-GRADIENT_METHODS = frozenset({"taylor", "hessian"})
+# Methods that read ``param.grad`` (GRADIENT_METHODS, from yolo_prune.config.checks): first-order Taylor
+# (|w * dL/dw|) and the OBD Hessian diagonal (w^2 * E[g^2]).
 
 
 def get_importance(method: str) -> tp.importance.Importance:

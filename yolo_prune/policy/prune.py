@@ -20,7 +20,7 @@ from torch import nn
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
-from ..config.checks import check_attention, check_layer_ratios, check_max_ratio, check_ratio, resolve_device
+from ..config.checks import check_layer_ratios, check_prune_call, check_ratio
 from ..graph.apply import PruneStats, prune_detection_model, prune_seeded
 from ..graph.shape_check import check_pruned, reference_shapes
 from ..integration.args import renamed_kwargs
@@ -295,47 +295,39 @@ def prune(
         >>> pruned.save("yolo11n-pruned.pt")
         >>> pruned = prune("best.pt", target_macs=0.5, sensitivity="runs/sensitivity/exp")  # measured allocation
     """
-    from ..config.checks import check_backend, check_target
     from ..measurement.hardware import auto_round_to, resolve_round_to
     from .targets import cost_meter, search_ratio
 
-    device = resolve_device(device)
-    backend = check_backend(backend)
+    checked = check_prune_call(
+        ratio=ratio,
+        target_macs=target_macs,
+        target_latency=target_latency,
+        layer_ratios=layer_ratios,
+        global_pruning=global_pruning,
+        sensitivity=sensitivity,
+        max_ratio=max_ratio,
+        method=method,
+        attention=attention,
+        reconstruct=reconstruct,
+        backend=backend,
+        device=device,
+        data=data,
+    )
+    ratio, target, layers, max_ratio = (
+        checked["ratio"],
+        checked["target"],
+        checked["layer_ratios"],
+        checked["max_ratio"],
+    )
+    attention, reconstruct, backend, device = (checked[k] for k in ("attention", "reconstruct", "backend", "device"))
     rounding = resolve_round_to(round_to, backend, device)
     round_to, block = rounding.value, auto_round_to(backend, device).value
     importance = get_importance(method)
-    attention = check_attention(attention)
-    given = {k: v for k, v in (("macs", target_macs), ("latency", target_latency)) if v is not None}
-    if len(given) > 1:
-        raise ValueError("give at most one of target_macs and target_latency")
-    if given and ratio is not None:
-        raise ValueError(f"ratio and target_{next(iter(given))} are mutually exclusive: give one of them")
-    if given and layer_ratios:
-        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with a target")
-    target = {kind: check_target(value, f"target_{kind}") for kind, value in given.items()}
-    layers = check_layer_ratios(layer_ratios)
-    if global_pruning and layers:
-        raise ValueError("layer_ratios sets the ratio of each layer, so it cannot be combined with global_pruning")
-    if sensitivity is not None and (layers or global_pruning):
-        raise ValueError(
-            "sensitivity allocates the ratio of every layer: do not combine it with layer_ratios or global_pruning"
-        )
     curves = None
     if sensitivity is not None:
         from .allocate import curves_from_sensitivity
 
         curves = sensitivity if isinstance(sensitivity, list) else curves_from_sensitivity(sensitivity)
-    ratio = check_ratio((0.0 if layers else 0.5) if ratio is None else ratio)
-    max_ratio = check_max_ratio(max_ratio)
-    from ..config.checks import check_reconstruct
-
-    reconstruct = check_reconstruct(reconstruct)
-    if reconstruct and data is None:
-        raise ValueError(f"reconstruct='{reconstruct}' re-fits the pruned model on training images: give data=")
-    if needs_gradients(method) and data is None:
-        raise ValueError(
-            f"method='{method}' scores channels from gradients: give data= (a dataset yaml) to compute them"
-        )
     source = load_yolo(model)
     check_supported(source.model)
     pruned = _copy_yolo(source)

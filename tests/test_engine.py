@@ -194,6 +194,20 @@ def test_bad_callbacks_and_arguments_fail_before_any_work(tmp_path: Path) -> Non
     assert not (tmp_path / "p").exists()
 
 
+def test_cli_resume_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``yolo-prune resume`` without run=, with another key, or on a folder without state: exit 2, one line."""
+    from yolo_prune.integration.cli import main
+
+    for argv, message in (
+        (["resume"], "resume needs run="),
+        (["resume", "rnu=x"], "did you mean 'run'"),
+        (["resume", f"run={tmp_path}"], "cannot resume"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_stages_run_in_order_between_callbacks_and_read_each_checkpoint_once(
     trained_detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -248,3 +262,65 @@ def test_stages_run_in_order_between_callbacks_and_read_each_checkpoint_once(
     assert (run_dir / "weights" / "pruned.pt").resolve() not in counts  # trained in memory, not read back
     assert max(counts.values()) == 1, counts
     assert [r["name"] for r in run.rows] == ["baseline", "final"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_by_stage(trained_detector, tmp_path: Path) -> None:
+    """Ctrl-C as the fine-tune starts, then again as the measuring starts: each `PruneRun.resume` takes the finished
+    stages as they are (pruned.pt untouched, the baseline row not measured again) and runs only the rest; a finished
+    run resumes to nothing, and a folder without state is refused in one line."""
+    import hashlib
+    import json
+
+    from yolo_prune.integration.stages import PruneInterrupted
+
+    def stop(run: PruneRun) -> None:
+        raise KeyboardInterrupt
+
+    first = PruneRun(
+        model=str(trained_detector.model),
+        data=trained_detector.data,
+        ratio=0.3,
+        allocation="uniform",
+        epochs=1,
+        imgsz=trained_detector.imgsz,
+        batch=8,
+        workers=0,
+        plots=False,
+        amp=False,
+        distill=False,
+        reconstruct_images=8,
+        backends="torch",
+        runs=2,
+        warmup=1,
+        device="cpu",
+        project=str(tmp_path),
+        name="run",
+        callbacks={"on_finetune_start": [stop]},
+    )
+    with pytest.raises(PruneInterrupted) as interrupted:
+        first.run()
+    run_dir = interrupted.value.run_dir
+    pruned = run_dir / "weights" / "pruned.pt"
+    digest = hashlib.sha256(pruned.read_bytes()).hexdigest()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"] == ["setup", "baseline", "sparse", "scan", "prune:1"]
+
+    second = PruneRun.resume(run_dir, callbacks={"on_measure_start": [stop]})
+    with pytest.raises(PruneInterrupted):
+        second.run()
+    assert json.loads((run_dir / "state.json").read_text())["done"][-1] == "finetune:1"
+
+    events: list[str] = []
+    third = PruneRun.resume(run_dir, callbacks={f"on_{s}_start": [lambda r, s=s: events.append(s)] for s in STAGES})
+    assert third.run() == run_dir
+    assert events == ["setup", "measure", "final", "quantize", "time", "report"]
+    assert hashlib.sha256(pruned.read_bytes()).hexdigest() == digest
+    rows = json.loads((run_dir / "report.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["baseline", "final"]
+    assert rows[0]["map50_95"] == state["rows"][0]["map50_95"] and rows[1]["map50_95"] is not None
+    assert (run_dir / "weights" / "best.pt").is_file() and not (tmp_path / "run-2").exists()
+
+    assert PruneRun.resume(run_dir).run() == run_dir  # finished: nothing to do
+    with pytest.raises(ValueError, match="cannot resume"):
+        PruneRun.resume(tmp_path)

@@ -8,10 +8,13 @@ Examples:
     >>> pruned = prune("best.pt", target_macs=0.5, sensitivity=scan)  # 2x fewer MACs, least predicted mAP loss
     >>> pruned = prune("best.pt", ratio=0.2, reconstruct="ls", data="data.yaml")  # re-fitted before any training
     >>> export_int8("pruned.pt", "data.yaml", imgsz=640, out_dir="int8", format="onnx")  # INT8 Q/DQ ONNX, last step
+    >>> PruneRun(model="best.pt", data="data.yaml", target_macs=0.5).run()  # yolo-prune prune, stage by stage
+    >>> PruneRun.resume("runs/prune/exp").run()  # continue an interrupted run
 """
 
 from .integration.callbacks import PruneCallback
 from .integration.checkpoint import load_yolo, save_checkpoint
+from .integration.engine import PruneRun
 from .integration.trainer import PrunedDetectionTrainer, PrunedOBBTrainer, PrunedPoseTrainer, PrunedSegmentationTrainer
 from .measurement.hardware import LatencyTable, auto_round_to, padded_macs
 from .measurement.quantize import export_int8, measure_int8
@@ -29,6 +32,7 @@ __all__ = [
     "IMPORTANCE_METHODS",
     "LatencyTable",
     "PruneCallback",
+    "PruneRun",
     "PruneStats",
     "ReconstructStats",
     "PrunedDetectionTrainer",

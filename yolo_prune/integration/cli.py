@@ -98,6 +98,20 @@ def _prune(args: dict[str, Any], command: str) -> Path:
     return run_prune(command=command, **args) if sweep is None else run_sweep(command=command, **args)
 
 
+def _resume(args: dict[str, Any], command: str) -> Path:
+    """Run ``yolo-prune resume``: continue an interrupted ``yolo-prune prune`` run in its folder, by stage."""
+    from .engine import PruneRun
+
+    _check_keys(args, {"run": None}, "resume")
+    if "run" not in args:
+        raise UsageError("resume needs run=<the run folder>, e.g. 'yolo-prune resume run=runs/prune/exp'")
+    try:
+        run = PruneRun.resume(str(args["run"]))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return run.run()
+
+
 def _bench(args: dict[str, Any], command: str) -> Path:
     """Run ``yolo-prune bench``."""
     from ..measurement.bench import parse_bench_args, run_bench
@@ -149,6 +163,7 @@ def _load_sensitivity() -> Any:
 
 COMMANDS: dict[str, Callable[[dict[str, Any], str], Path]] = {
     "prune": _prune,
+    "resume": _resume,
     "bench": _bench,
     "demo": _demo,
     "sensitivity": _sensitivity,
@@ -224,6 +239,12 @@ def usage(command: str | None = None) -> str:
             "  resume an interrupted fine-tune (Python): YOLO('<run>/step1/weights/last.pt').train(resume=True, "
             "trainer=PrunedDetectionTrainer)\n"
             f"  options (key=default, meaning):\n{options_help()}"
+        ),
+        "resume": (
+            "Continue an interrupted 'yolo-prune prune' run in its own folder: finished stages (scan, pruning, "
+            "fine-tuned steps, measured rows) are taken as they are, an interrupted fine-tune continues from its last "
+            "epoch, the rest runs.\n"
+            f"  example: {PROG} resume run=runs/prune/exp"
         ),
         "bench": (
             "Measure checkpoints side by side (params, GFLOPs, size, mAP, latency); the first is the baseline.\n"
@@ -303,7 +324,7 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-MEASURED_COMMANDS = ("prune", "demo", "bench")  # a run whose final model was not measured exits with 1
+MEASURED_COMMANDS = ("prune", "resume", "demo", "bench")  # a run whose final model was not measured exits with 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{PROG}: interrupted{where}" + (f" (run folder {run_dir})" if run_dir else ""), file=sys.stderr)
         if getattr(e, "resume_hint", None):
             print(f"{PROG}: {e.resume_hint}", file=sys.stderr)
+        if run_dir and (Path(run_dir) / "state.json").is_file():
+            print(f"{PROG}: continue the whole run with: {PROG} resume run={run_dir}", file=sys.stderr)
         return 130
     except Exception as e:
         if debug:

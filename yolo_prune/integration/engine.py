@@ -24,12 +24,13 @@ Over 400 lines: one small method per stage (eleven stages) plus the run's state;
 from __future__ import annotations
 
 import copy
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config.options import check_prune_args
+from ..config.options import PRUNE_OPTIONS, check_prune_args
 from .stages import (
     PruneInterrupted,
     budget_exceeded,
@@ -50,6 +51,8 @@ from .stages import (
 __all__ = ["STAGES", "PruneRun", "parse_prune_args"]
 
 STAGES = ("setup", "baseline", "sparse", "scan", "prune", "finetune", "measure", "final", "quantize", "time", "report")
+PER_STEP = ("prune", "finetune", "measure")  # stages that run once per step (their ids in the state: "prune:2")
+STATE_FILE = "state.json"  # in the run folder: the arguments, the finished stages and what they left, for resume
 
 
 def parse_prune_args(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +113,9 @@ class PruneRun:
         self.stopped_at: int | None = None
         self.final: dict | None = None
         self.last_good: Path | None = None
+        self.prune_info: dict = {}
+        self.done: list[str] = []  # finished stages ("baseline", "prune:1", ...), saved in STATE_FILE after each
+        self.state: dict | None = None  # the saved state of the run being resumed
 
     # ----------------------------------------------------------------------------------------------------------------
     def add_callback(self, event: str, function: Callable[[PruneRun], None]) -> None:
@@ -121,14 +127,98 @@ class PruneRun:
             )
         self.callbacks[event].append(function)
 
-    def _stage(self, name: str, work: Callable[[], Any]) -> Any:
-        """Run one stage between its callbacks."""
+    def _stage(self, name: str, work: Callable[[], Any]) -> None:
+        """Run one stage between its callbacks and record it as finished; a stage a resumed run already finished is
+        restored from what it left instead (no callbacks)."""
+        stage = f"{name}:{self.step}" if name in PER_STEP else name
+        if stage in self.done and name != "setup":
+            self._restore(name)
+            return
         for function in self.callbacks.get(f"on_{name}_start", []):
             function(self)
-        result = work()
+        work()
         for function in self.callbacks.get(f"on_{name}_end", []):
             function(self)
-        return result
+        if stage not in self.done:
+            self.done.append(stage)
+        self._save_state()
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, callbacks: dict[str, list[Callable]] | None = None) -> PruneRun:
+        """Continue an interrupted run in its own folder: finished stages are restored from what they left (the scan,
+        ``weights/pruned.pt``, fine-tuned checkpoints, measured rows), an interrupted fine-tune resumes from its
+        trainer's ``last.pt``, and the remaining stages run.
+
+        Raises:
+            ValueError: If ``run_dir`` has no ``state.json`` (not a run folder of this version) or its arguments no
+                longer check.
+        """
+        import json
+
+        file = Path(run_dir) / STATE_FILE
+        try:
+            state = json.loads(file.read_text())
+        except (OSError, ValueError):
+            raise ValueError(
+                f"cannot resume '{run_dir}': no readable {STATE_FILE} (not a run folder of yolo-prune prune)"
+            ) from None
+        saved = dict(state["args"])
+        overrides = {**saved.pop("train_args", {}), **{k: v for k, v in saved.items() if k in PRUNE_OPTIONS}}
+        run = cls(command=state.get("command"), callbacks=callbacks, **overrides)
+        run.state, run.run_dir, run.done = state, Path(run_dir), list(state["done"])
+        return run
+
+    def _save_state(self) -> None:
+        """Write what the finished stages left to ``state.json`` (atomically), for `resume`."""
+        import json
+
+        from .checkpoint import _write_atomic
+
+        fields = ("rows", "steps", "notes", "teacher", "train_args", "recipe_reason", "budget_note", "stopped_at")
+        state = {
+            "version": 1,
+            "command": self.command,
+            "args": self.args,
+            "done": self.done,
+            **{k: getattr(self, k) for k in fields},
+            **{k: getattr(self, k, None) for k in ("base_map", "base_macs", "prune_info", "before_ft")},
+            **{k: getattr(self, k, None) for k in ("pruned_path", "best", "last", "best_out")},
+        }
+        _write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=1, default=str).encode())
+
+    def _restore(self, name: str) -> None:
+        """Take over what a finished stage of the resumed run left (a model is read where a later stage needs it)."""
+        from .checkpoint import load_yolo
+
+        state, step = self.state or {}, self.step
+        if name == "sparse" and self.args["sparse_epochs"]:
+            self.current = load_yolo(str(self.run_dir / "sparse" / "weights" / "last.pt"))
+            self.models["sparse"] = self.current.model
+        elif name == "scan" and self.args["allocation"] == "sensitivity":
+            from ..policy.allocate import curves_from_sensitivity
+
+            self.curves = curves_from_sensitivity(self.args["sensitivity"] or self.run_dir / "sensitivity")
+        elif name == "prune":
+            self.pruned = None  # read from its file only if its fine-tune has yet to run
+            self.pruned_path = self.weights / (f"step{step}-pruned.pt" if self.args["steps"] > 1 else "pruned.pt")
+            measured = self._measured(step)
+            self.prune_info = {} if measured else (state.get("prune_info") or {})
+        elif name == "finetune":
+            done = self._measured(step)
+            self.best = Path(done["best"]) if done else Path(state["best"])
+            self.last = Path(done["last"]) if done else Path(state["last"])
+            self.before_ft = done["row"].get("map50_95_before_ft") if done else state.get("before_ft")
+            self.current = load_yolo(str(self.best))
+        elif name == "measure":
+            self.models[f"step{step}"] = self.current.model
+        elif name == "final":
+            self.best_out = self.weights / "best.pt"
+            self.final = next(r for r in self.rows if r.get("name") == "final")
+            self.models["final"] = self.models[f"step{self.final['from_step']}"]
+
+    def _measured(self, step: int) -> dict | None:
+        """The resumed run's record of ``step`` (row, best, last) if it was measured."""
+        return next((s for s in self.steps if s["row"]["step"] == step), None)
 
     def log(self, message: str, warning: bool = False) -> None:
         """Log one line with the run's prefix (a warning also goes into the report's notes)."""
@@ -145,6 +235,9 @@ class PruneRun:
             PruneInterrupted: On Ctrl-C, with the last good checkpoint written so far.
         """
         self._stage("setup", self.setup)
+        if "report" in self.done:
+            self.log(f"{self.run_dir} is a finished run: nothing to resume")
+            return self.run_dir
         try:
             self._stage("baseline", self.measure_baseline)
             self._stage("sparse", self.sparse_train)
@@ -185,6 +278,10 @@ class PruneRun:
             args["epochs"], count_images(info.get("train")), args["min_images"]
         )
         self.teacher, self.teacher_yolo = load_teacher(args, self.baseline) if args["distill"] else (None, None)
+        self.models = {"baseline": self.baseline.model}
+        if self.state is not None:
+            self._take_over_state()
+            return
         self.run_dir = increment_path(Path(args["project"]) / args["name"], mkdir=True)
         self.log(
             f"{args['model']} -> {colorstr('bold', self.run_dir)}: {self.goal} in {args['steps']} step(s), "
@@ -202,6 +299,16 @@ class PruneRun:
             self.train_args["distill_model"] = self.teacher
             if args["distill_projector"] != "random":
                 self.train_args["distill_projector"] = args["distill_projector"]
+
+    def _take_over_state(self) -> None:
+        """On resume: the rows, notes, recipe and measurements the finished stages left."""
+        state = self.state
+        for key in ("rows", "steps", "notes", "train_args", "recipe_reason", "budget_note", "stopped_at"):
+            setattr(self, key, state[key])
+        self.base_map, self.base_macs = state.get("base_map"), state.get("base_macs")
+        for step in self.steps:
+            step["best"], step["last"] = Path(step["best"]), Path(step["last"])
+        self.log(f"resuming {self.run_dir}: finished stages {', '.join(self.done)} are taken as they are")
 
     @property
     def goal(self) -> str:
@@ -221,7 +328,6 @@ class PruneRun:
 
         self.log("measuring the baseline")
         self.rows = [measure_row(self.baseline.model, "baseline", self.args["model"], self.args, self.measure_dir)]
-        self.models = {"baseline": self.baseline.model}
         self.base_map = self.rows[0].get("map50_95")
         self.base_macs = count_gflops(self.baseline.model, self.args["imgsz"])
         self.log(f"baseline mAP50-95={_f(self.base_map)} mAP50={_f(self.rows[0].get('map50'))}")
@@ -307,7 +413,7 @@ class PruneRun:
             threads=args["threads"],
             latency_table=self.run_dir / "latency" / f"{args['backend']}-{args['imgsz']}-t{threads}.json",
         )
-        info = self.pruned.prune_info
+        info = self.prune_info = self.pruned.prune_info
         meta = {
             **{k: args[k] for k in ("ratio", "target_macs", "target_latency", "backend", "allocation", "steps")},
             "layer_ratios": info.get("layer_ratios"),
@@ -329,12 +435,33 @@ class PruneRun:
     def finetune(self) -> None:
         """Fine-tune the pruned model in memory with the pruned trainer of its task (``<run>/step<k>``), then read
         its best checkpoint once; with ``epochs=0`` the pruned model is the step's model."""
+        from ultralytics import YOLO
+
+        from ..rules.tasks import trainer_for
         from .checkpoint import load_yolo
 
         self.before_ft = None
+        folder = self.run_dir / f"step{self.step}"
+        interrupted = folder / "weights" / "last.pt"
+        if folder.is_dir() and not interrupted.is_file():
+            shutil.rmtree(folder)  # a fine-tune interrupted before its first checkpoint: it starts again
+        if self.pruned is None and not interrupted.is_file():
+            self.pruned = load_yolo(str(self.pruned_path))  # resumed after pruning: the saved pruned model
         if self.args["epochs"] <= 0:
             self.best = self.last = self.pruned_path
             self.current = self.pruned
+            return
+        if interrupted.is_file():  # resumed: Ultralytics continues the fine-tune from its last epoch
+            yolo = YOLO(str(interrupted))
+            if yolo.ckpt.get("epoch", -1) >= 0 and yolo.ckpt.get("optimizer") is not None:
+                self.log(f"resuming the fine-tune from {interrupted}")
+                yolo.train(resume=True, trainer=trainer_for(yolo.model))
+                self.best, self.last = trained_checkpoints(yolo.trainer)
+            else:  # it had finished (Ultralytics strips the optimizer at the end): take its checkpoints
+                best = interrupted.with_name("best.pt")
+                self.best, self.last = (best if best.is_file() else interrupted), interrupted
+            self.last_good = self.best
+            self.current = load_yolo(str(self.best))
             return
         trainer = train_module(
             self.pruned.model,
@@ -360,8 +487,8 @@ class PruneRun:
         row["step"] = step
         if self.before_ft is not None:
             row["map50_95_before_ft"] = self.before_ft
-        if "reconstruct" in self.pruned.prune_info:
-            row["reconstruct"] = self.pruned.prune_info["reconstruct"]
+        if "reconstruct" in self.prune_info:
+            row["reconstruct"] = self.prune_info["reconstruct"]
         self.steps.append({"row": row, "best": self.best, "last": self.last})
         self.log(
             f"step {step}: mAP50-95={_f(row.get('map50_95'))} (baseline {_f(self.base_map)}"

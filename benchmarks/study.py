@@ -75,7 +75,7 @@ __all__ = [
     "width_for_macs",
 ]
 
-DATA = "shapes.yaml"  # built-in dataset, generated on first use by yolo_prune.data.shapes.resolve_data
+DATA = "shapes.yaml"  # built-in dataset, generated on first use by yolo_prune.data.builtin.resolve_data
 BASELINE_MODEL = "yolov8n.yaml"  # trained from scratch: nothing is downloaded
 
 # A from-scratch YOLOv8n on shapes.yaml that learns in about 4-5 minutes on a 2-core CPU. What matters most:

@@ -9,7 +9,7 @@ so every label is exact:
   topmost corner, so a horizontal flip keeps the topmost one and reverses the rest (``flip_idx: [0, 3, 2, 1]``);
 * obb: the rotated box of the shape (``cv2.minAreaRect``) as four corner points (``cls x1 y1 ... x4 y4``).
 
-Like ``shapes.yaml`` they are generated on first use by `yolo_prune.data.shapes.resolve_data`
+Like ``shapes.yaml`` they are generated on first use by `yolo_prune.data.builtin.resolve_data`
 (``data=shapes-seg.yaml``), deterministically and in well under a second for the default sizes.
 
 Examples:
@@ -28,7 +28,7 @@ import numpy as np
 __all__ = ["TASK_CLASS_NAMES", "TASK_DATASETS", "make_task_dataset"]
 
 TASK_CLASS_NAMES = ("square", "rectangle", "kite")
-# name -> make_task_dataset() keyword arguments; resolved by yolo_prune.data.shapes.resolve_data like shapes.yaml
+# name -> make_task_dataset() keyword arguments; resolved by yolo_prune.data.builtin.resolve_data like shapes.yaml
 TASK_DATASETS: dict[str, dict] = {
     "shapes-seg.yaml": {"task": "segment", "n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},
     "shapes-pose.yaml": {"task": "pose", "n_train": 32, "n_val": 16, "imgsz": 128, "seed": 0},

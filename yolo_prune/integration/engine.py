@@ -113,7 +113,14 @@ class PruneRun:
         self.stopped_at: int | None = None
         self.final: dict | None = None
         self.last_good: Path | None = None
-        self.prune_info: dict = {}
+        self.prune_info: dict = {}  # what the last prune stage did (allocation, target, re-fit)
+        self.base_map: float | None = None  # the input model's mAP50-95 and GFLOPs (baseline stage)
+        self.base_macs: float | None = None
+        self.pruned_path: Path | None = None  # the step's pruned.pt, then its fine-tuned best/last checkpoints
+        self.best: Path | None = None
+        self.last: Path | None = None
+        self.before_ft: float | None = None  # the step's mAP50-95 before fine-tuning
+        self.best_out: Path | None = None  # weights/best.pt once the final model is chosen
         self.done: list[str] = []  # finished stages ("baseline", "prune:1", ...), saved in STATE_FILE after each
         self.state: dict | None = None  # the saved state of the run being resumed
 
@@ -181,8 +188,8 @@ class PruneRun:
             "args": self.args,
             "done": self.done,
             **{k: getattr(self, k) for k in fields},
-            **{k: getattr(self, k, None) for k in ("base_map", "base_macs", "prune_info", "before_ft")},
-            **{k: getattr(self, k, None) for k in ("pruned_path", "best", "last", "best_out")},
+            **{k: getattr(self, k) for k in ("base_map", "base_macs", "prune_info", "before_ft")},
+            **{k: getattr(self, k) for k in ("pruned_path", "best", "last", "best_out")},
         }
         _write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=1, default=str).encode())
 
@@ -203,16 +210,18 @@ class PruneRun:
             self.pruned_path = self.weights / (f"step{step}-pruned.pt" if self.args["steps"] > 1 else "pruned.pt")
             measured = self._measured(step)
             self.prune_info = {} if measured else (state.get("prune_info") or {})
+            self.last_good = self.pruned_path
         elif name == "finetune":
             done = self._measured(step)
             self.best = Path(done["best"]) if done else Path(state["best"])
             self.last = Path(done["last"]) if done else Path(state["last"])
             self.before_ft = done["row"].get("map50_95_before_ft") if done else state.get("before_ft")
             self.current = load_yolo(str(self.best))
+            self.last_good = self.best
         elif name == "measure":
             self.models[f"step{step}"] = self.current.model
         elif name == "final":
-            self.best_out = self.weights / "best.pt"
+            self.best_out = self.last_good = self.weights / "best.pt"
             self.final = next(r for r in self.rows if r.get("name") == "final")
             self.models["final"] = self.models[f"step{self.final['from_step']}"]
 

@@ -526,7 +526,7 @@ def validate(
     Args:
         model_or_ckpt (str | Path | YOLO | nn.Module): Model to validate.
         data (str): Dataset yaml, or a built-in name such as ``shapes-seg.yaml`` (see
-            `yolo_prune.data.shapes.resolve_data`).
+            `yolo_prune.data.builtin.resolve_data`).
         imgsz (int): Validation image size.
         batch (int): Validation batch size.
         device (str): Ultralytics device string.

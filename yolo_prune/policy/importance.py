@@ -28,7 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..config.checks import GRADIENT_METHODS, check_method
+from ..config.checks import GRADIENT_METHODS, check_int, check_method
 from ..integration.args import torch_device
 
 __all__ = ["GRADIENT_METHODS", "IMPORTANCE_METHODS", "collect_gradients", "get_importance", "needs_gradients"]
@@ -160,8 +160,7 @@ def collect_gradients(
         raise ValueError(
             f"method '{method}' needs no gradients; gradient methods: {', '.join(sorted(GRADIENT_METHODS))}"
         )
-    if int(batches) < 1 or int(batch) < 1:
-        raise ValueError(f"calib_batches and batch must be at least 1, got {batches} and {batch}")
+    batches, batch = check_int(batches, "calib_batches", 1), check_int(batch, "calib_batch", 1)
     from ultralytics.cfg import get_cfg
 
     home = next(model.parameters()).device

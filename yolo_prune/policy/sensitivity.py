@@ -31,7 +31,7 @@ import torch
 from ultralytics.utils import LOGGER, TQDM, colorstr
 from ultralytics.utils.files import increment_path
 
-from ..config.checks import check_ratios, check_stages, resolve_device
+from ..config.checks import check_int, check_ratios, check_stages, resolve_device
 from ..measurement.report import save_figure, write_atomic
 
 __all__ = [
@@ -86,14 +86,6 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _whole(value: Any) -> bool:
-    """Whether ``value`` is a whole number >= 1 (``3``, ``3.0``, ``"3"``), not a bool."""
-    try:
-        return not isinstance(value, bool) and float(value).is_integer() and float(value) >= 1
-    except (TypeError, ValueError):
-        return False
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -225,8 +217,7 @@ def run_sensitivity(
         raise ValueError("sensitivity needs model= (a .pt checkpoint or model yaml) and data= (a dataset yaml)")
     ratio_list = check_ratios(ratios)
     reconstruct = check_reconstruct(reconstruct)
-    if not _whole(reconstruct_images):
-        raise ValueError(f"reconstruct_images must be a whole number >= 1, got {reconstruct_images!r}")
+    reconstruct_images = check_int(reconstruct_images, "reconstruct_images", 1)
     device = resolve_device(device)
     importance = get_importance(method)
     yolo = load_yolo(model)
@@ -234,8 +225,7 @@ def run_sensitivity(
     base = copy.deepcopy(yolo.model).float().cpu()
     stage_list = check_stages(stages, len(base.model))
     data_yaml = resolve_data(data)
-    if images is not None and not _whole(images):
-        raise ValueError(f"images must be a whole number >= 1 (validation images used by the scan), got {images!r}")
+    images = None if images is None else check_int(images, "images", 1)
     run_dir = increment_path(Path(project) / name, exist_ok=False, mkdir=True)
     val_yaml = data_yaml if images is None else val_subset(data_yaml, int(images), run_dir)
     from ..measurement.hardware import resolve_round_to

@@ -103,6 +103,11 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "pipeline",
         {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "target_macs": 0.354},
     ),  # fmt: skip
+    # the defaults without distillation, from the same scan
+    "default-2x-scanls-nodistill": (
+        "pipeline",
+        {"scan_images": 100, "runs": 3, "warmup": 1, "scan_cache": "sensitivity-ls", "distill": False},
+    ),  # fmt: skip
     # distillation whose projectors are fitted (least squares) before training instead of random
     "default-2x-scanls-projfit": (
         "pipeline",

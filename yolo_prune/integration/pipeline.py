@@ -16,9 +16,11 @@ read. Layout of a run folder::
         measure/int8/               with int8=<format>: the INT8 exports of the baseline and the final model
         qat/                        with qat=True: the quantization-aware training run (its checkpoints need ModelOpt)
         report.json, report.md, results.csv, pareto.png
+        state.json                  the finished stages and what they left (`PruneRun.resume`, yolo-prune resume)
 
-Resuming: an interrupted fine-tune leaves ``exp/step<k>/weights/last.pt`` (and always ``weights/pruned.pt``). Resume
-the fine-tune with the pruned trainer (the stock one would rebuild the unpruned network)::
+Resuming: ``yolo-prune resume run=runs/prune/exp`` (``PruneRun.resume(run_dir).run()``) continues an interrupted run by
+stage. Underneath, an interrupted fine-tune leaves ``exp/step<k>/weights/last.pt`` (and always ``weights/pruned.pt``);
+the fine-tune alone resumes with the pruned trainer (the stock one would rebuild the unpruned network)::
 
     from ultralytics import YOLO
     from yolo_prune.integration.trainer import PrunedDetectionTrainer

@@ -143,7 +143,7 @@ def check_bool(value: Any, name: str) -> bool:
 def check_choice(value: Any, name: str, choices: Iterable[str], what: str | None = None) -> str:
     """Return ``value`` lower-cased if it is one of ``choices``, else raise a one-line ``ValueError`` listing them."""
     choices = tuple(choices)
-    text = str(value).strip().lower()
+    text = str(value).lower()
     if text not in choices:
         raise ValueError(
             f"unknown {what or name} '{value}'{did_you_mean(text, choices)}; choose one of {', '.join(choices)}"
@@ -243,7 +243,7 @@ def check_stages(stages: Any, count: int) -> list[int]:
 
 def check_method(method: Any) -> str:
     """Return the channel importance criterion (one of `IMPORTANCE_NAMES`) lower-cased, or raise a one-line error."""
-    key = str(method).strip().lower()
+    key = str(method).lower()
     if key not in IMPORTANCE_NAMES:
         raise ValueError(f"unknown importance method '{method}': choose one of {', '.join(IMPORTANCE_NAMES)}")
     return key
@@ -286,11 +286,6 @@ def check_round_to(round_to: Any) -> int | str:
     """
     if isinstance(round_to, str) and round_to.strip().lower() == "auto":
         return "auto"
-    if isinstance(round_to, str):
-        try:
-            round_to = float(round_to)
-        except ValueError:
-            pass
     if isinstance(round_to, bool) or not isinstance(round_to, (int, float)) or round_to != int(round_to):
         raise ValueError(f"round_to must be 'auto' or a positive integer, got {round_to!r}")
     if int(round_to) < 1:
@@ -309,7 +304,7 @@ def _installed(module: str) -> bool:
 def check_backend(backend: Any) -> str:
     """Return the latency backend of a target (`LATENCY_BACKENDS`), or raise a one-line ``ValueError`` (also when
     OpenVINO is not installed)."""
-    key = str(backend).strip().lower()
+    key = str(backend).lower()
     if key not in LATENCY_BACKENDS:
         raise ValueError(f"unknown latency backend '{backend}': choose one of {', '.join(LATENCY_BACKENDS)}")
     if key == "openvino" and not _installed("openvino"):

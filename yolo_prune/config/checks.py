@@ -57,6 +57,7 @@ __all__ = [
     "check_stages",
     "check_target",
     "did_you_mean",
+    "installed",
     "is_none",
     "resolve_device",
 ]
@@ -293,8 +294,9 @@ def check_round_to(round_to: Any) -> int | str:
     return int(round_to)
 
 
-def _installed(module: str) -> bool:
-    """Whether ``module`` can be imported (False also when it was made unimportable via ``sys.modules``)."""
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (False also when it was made unimportable via ``sys.modules``: the
+    ``ValueError`` of ``find_spec``); the one probe behind every "needs <package>" error."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -307,7 +309,7 @@ def check_backend(backend: Any) -> str:
     key = str(backend).lower()
     if key not in LATENCY_BACKENDS:
         raise ValueError(f"unknown latency backend '{backend}': choose one of {', '.join(LATENCY_BACKENDS)}")
-    if key == "openvino" and not _installed("openvino"):
+    if key == "openvino" and not installed("openvino"):
         raise ValueError(OPENVINO_MISSING)
     return key
 
@@ -327,7 +329,7 @@ def check_backend_names(backends: Iterable[str] | str) -> tuple[list[str], dict[
             continue
         if b not in ACCEPTED_BACKENDS:
             errors[b] = f"unknown backend '{b}', accepted: {', '.join(ACCEPTED_BACKENDS)}"
-        elif b.startswith("openvino") and not _installed("openvino"):
+        elif b.startswith("openvino") and not installed("openvino"):
             errors[b] = OPENVINO_MISSING
         else:
             names.append(b)
@@ -447,24 +449,15 @@ def check_callback_settings(
         raise ValueError(f"sparsity must be a number >= 0, got {sparsity!r}") from None
     if not (strength >= 0.0 and math.isfinite(strength)):
         raise ValueError(f"sparsity must be a finite number >= 0, got {sparsity!r}")
-    schedule = str(sparse_schedule).lower()
-    if schedule not in SPARSE_SCHEDULES:
-        raise ValueError(f"unknown sparse_schedule '{sparse_schedule}': choose one of {', '.join(SPARSE_SCHEDULES)}")
-    mode = str(sparse).lower()
-    if mode not in SPARSE_MODES:
-        raise ValueError(f"unknown sparse mode '{sparse}': choose one of {', '.join(SPARSE_MODES)}")
-    key = str(method).lower()
-    if key not in IMPORTANCE_NAMES:
-        raise ValueError(f"unknown method '{method}': choose one of {', '.join(IMPORTANCE_NAMES)}")
     return {
         "ratio": check_ratio(ratio),
         "start_epoch": start,
         "end_epoch": end,
         "steps": count,
-        "method": key,
+        "method": check_choice(method, "method", IMPORTANCE_NAMES),
         "sparsity": strength,
-        "sparse": mode,
-        "sparse_schedule": schedule,
+        "sparse": check_choice(sparse, "sparse", SPARSE_MODES, "sparse mode"),
+        "sparse_schedule": check_choice(sparse_schedule, "sparse_schedule", SPARSE_SCHEDULES),
         "sparse_epochs": None if sparse_epochs is None else check_int(sparse_epochs, "sparse_epochs"),
         "round_to": check_round_to(round_to),
     }

@@ -13,9 +13,10 @@ Examples:
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from typing import Any
+
+from .checks import installed
 
 __all__ = [
     "CPU_RUNTIMES",
@@ -95,15 +96,7 @@ def resolve_int8(value: Any) -> str | None:
 
 def _missing(requirements: tuple[tuple[str, str], ...]) -> list[str]:
     """The pip names of the requirements whose module cannot be imported."""
-    missing = []
-    for module, pip_name in requirements:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # ValueError: sys.modules[module] is None, i.e. made unimportable
-            found = False
-        if not found:
-            missing.append(pip_name)
-    return missing
+    return [pip_name for module, pip_name in requirements if not installed(module)]
 
 
 def check_int8_available(format: str = DEFAULT_INT8, device: str | None = "cpu") -> None:

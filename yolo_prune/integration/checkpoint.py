@@ -16,7 +16,6 @@ the checks of what a plain checkpoint may hold.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import pickle
 import pickletools
@@ -36,6 +35,7 @@ from ultralytics.nn.tasks import DetectionModel, PoseModel, guess_model_task
 from ultralytics.utils import DEFAULT_CFG_KEYS, LOGGER, SETTINGS, colorstr
 from ultralytics.utils.torch_utils import is_qat, qat_state, strip_qat
 
+from ..config.checks import installed
 from .compat import migrate_layouts
 
 __all__ = ["check_forward_pass", "load_yolo", "save_checkpoint"]
@@ -432,12 +432,7 @@ def _pickle_globals(source: str | Path | io.BytesIO) -> set[str]:
 
 def _importable(root: str) -> bool:
     """Return True if the top-level module ``root`` is stock or can be imported here, without importing it."""
-    if root in STOCK_ROOTS:
-        return True
-    try:
-        return importlib.util.find_spec(root) is not None
-    except (ImportError, ValueError):
-        return False
+    return root in STOCK_ROOTS or installed(root)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

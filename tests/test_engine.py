@@ -300,6 +300,7 @@ def test_an_interrupted_run_resumes_by_stage(trained_detector, tmp_path: Path) -
     events: list[str] = []
     third = PruneRun.resume(run_dir, callbacks={f"on_{s}_start": [lambda r, s=s: events.append(s)] for s in STAGES})
     assert third.run() == run_dir
+    assert third.args["round_to_reason"] == state["args"]["round_to_reason"] != "given"  # auto's reason, kept
     assert events == ["setup", "measure", "final", "quantize", "time", "report"]
     assert hashlib.sha256(pruned.read_bytes()).hexdigest() == digest
     rows = json.loads((run_dir / "report.json").read_text())["rows"]

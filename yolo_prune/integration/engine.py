@@ -173,6 +173,8 @@ class PruneRun:
         overrides = {**saved.pop("train_args", {}), **{k: v for k, v in saved.items() if k in PRUNE_OPTIONS}}
         run = cls(command=state.get("command"), callbacks=callbacks, **overrides)
         run.state, run.run_dir, run.done = state, Path(run_dir), list(state["done"])
+        # round_to was saved resolved (an int reads back as "given"): keep why the first run chose it
+        run.args["round_to_reason"] = state["args"].get("round_to_reason", run.args["round_to_reason"])
         return run
 
     def _save_state(self) -> None:
